@@ -1,0 +1,3 @@
+//! Kith: the desktop app and its command line (work in progress).
+
+fn main() {}

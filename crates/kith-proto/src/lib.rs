@@ -1,0 +1,33 @@
+//! The vocabulary every other Kith crate speaks, with no I/O and no async.
+//!
+//! - [`identity`]: the account key (Ed25519, shared by a person's linked
+//!   devices) and the device key (a libp2p keypair, one per computer). Secret
+//!   halves are zeroized when dropped.
+//! - [`id`]: the Kith ID people share — version, account key, nospam and
+//!   checksum — as 63 case-insensitive characters, a `kith:` link, or a QR
+//!   code ([`qr`]), with parse errors that say what the person got wrong.
+//! - [`safety`]: the safety number two friends compare out of band.
+//! - [`wire`]: versioned, size-limited message types (friend request, chat
+//!   message, receipt) in a compact postcard encoding.
+//! - [`envelope`]: sealed envelopes for one-off items (friend requests,
+//!   mailbox contents): X25519 ephemeral-static agreement, HKDF-SHA256 and
+//!   XChaCha20-Poly1305 around a payload signed by the sender's account key.
+//!
+//! Byte layouts are specified in `docs/protocol.md`; golden fixtures under
+//! `tests/fixtures/` keep them from changing by accident.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod envelope;
+pub mod id;
+pub mod identity;
+pub mod qr;
+pub mod safety;
+pub mod wire;
+
+mod base32;
+mod random;
+
+pub use id::{KithId, KithIdError, Nospam};
+pub use identity::{AccountKeypair, AccountPublicKey, DeviceKeypair, Signature};
+pub use random::random_bytes;

@@ -1,0 +1,119 @@
+//! Golden fixtures: encoded samples committed under `tests/fixtures/` that
+//! this build must still read exactly as written.
+//!
+//! A failure here means an on-wire or user-visible format changed. If that
+//! was intended, bump the format's version, keep reading the old one, and
+//! regenerate with `KITH_BLESS_FIXTURES=1 cargo test -p kith-proto --test golden`.
+
+use std::path::PathBuf;
+
+use kith_proto::envelope;
+use kith_proto::safety::SafetyNumber;
+use kith_proto::wire::{
+    ChatMessage, FriendRequest, Lamport, MessageId, Payload, Receipt, ReceiptKind, Timestamp,
+};
+use kith_proto::{AccountKeypair, KithId, Nospam};
+
+fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn blessing() -> bool {
+    std::env::var_os("KITH_BLESS_FIXTURES").is_some()
+}
+
+/// Returns the committed fixture, or writes `fresh` as the fixture when
+/// blessing.
+fn fixture(name: &str, fresh: &str) -> String {
+    let path = fixture_path(name);
+    if blessing() {
+        std::fs::write(&path, format!("{fresh}\n")).unwrap();
+    }
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim_end()
+        .to_owned()
+}
+
+fn alice() -> AccountKeypair {
+    AccountKeypair::from_secret_bytes(&[0x11; 32])
+}
+
+fn bob() -> AccountKeypair {
+    AccountKeypair::from_secret_bytes(&[0x22; 32])
+}
+
+fn alice_id() -> KithId {
+    KithId::new(alice().public(), Nospam([0xde, 0xad, 0xbe, 0xef]))
+}
+
+#[test]
+fn kith_id_text_v1() {
+    let committed = fixture("kith-id-v1.txt", &alice_id().to_text());
+    assert_eq!(KithId::parse(&committed).unwrap(), alice_id());
+    assert_eq!(alice_id().to_text(), committed);
+}
+
+#[test]
+fn safety_number_v1() {
+    let number = SafetyNumber::new(&alice().public(), &bob().public()).to_string();
+    let committed = fixture("safety-number-v1.txt", &number);
+    assert_eq!(number, committed);
+}
+
+fn samples() -> Vec<(&'static str, Payload)> {
+    vec![
+        (
+            "wire-v1-friend-request.hex",
+            Payload::FriendRequest(Box::new(FriendRequest {
+                from: alice_id(),
+                to_nospam: Nospam([1, 2, 3, 4]),
+                display_name: "Alice".into(),
+                message: "Hi Bob, it's Alice from the choir.".into(),
+                sent_at: Timestamp(1_795_000_000_000),
+            })),
+        ),
+        (
+            "wire-v1-chat.hex",
+            Payload::Chat(ChatMessage {
+                id: MessageId([0x5a; 16]),
+                sent_at: Timestamp(1_795_000_012_345),
+                lamport: Lamport(42),
+                body: "See you at 7 — bring the sheet music.\nÀ bientôt!".into(),
+            }),
+        ),
+        (
+            "wire-v1-receipt-read.hex",
+            Payload::Receipt(Receipt {
+                kind: ReceiptKind::Read,
+                ids: vec![MessageId([0x5a; 16]), MessageId([0x01; 16])],
+                at: Timestamp(1_795_000_099_000),
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn wire_v1_frames() {
+    for (name, payload) in samples() {
+        let fresh = hex::encode(payload.encode().unwrap());
+        let committed = fixture(name, &fresh);
+        let bytes = hex::decode(&committed).unwrap();
+        assert_eq!(Payload::decode(&bytes).unwrap(), payload, "{name}");
+        assert_eq!(fresh, committed, "{name}: encoding changed");
+    }
+}
+
+#[test]
+fn envelope_v1_opens() {
+    // Envelopes are randomised, so the fixture is one sealed envelope that
+    // must keep opening, not a byte-for-byte comparison.
+    let payload = b"golden envelope payload";
+    let fresh = hex::encode(envelope::seal(&alice(), &bob().public(), payload).unwrap());
+    let committed = fixture("envelope-v1.hex", &fresh);
+    let opened = envelope::open(&bob(), &hex::decode(committed).unwrap()).unwrap();
+    assert_eq!(opened.sender, alice().public());
+    assert_eq!(opened.payload, payload);
+}
