@@ -9,6 +9,8 @@
 //! - [`safety`]: the safety number two friends compare out of band.
 //! - [`wire`]: versioned, size-limited message types (friend request, chat
 //!   message, receipt) in a compact postcard encoding.
+//! - [`presence`]: presence records, the DHT entries that tell friends (and
+//!   only friends) where a person's devices can be reached.
 //! - [`envelope`]: sealed envelopes for one-off items (friend requests,
 //!   mailbox contents): X25519 ephemeral-static agreement, HKDF-SHA256 and
 //!   XChaCha20-Poly1305 around a payload signed by the sender's account key.
@@ -21,6 +23,7 @@
 pub mod envelope;
 pub mod id;
 pub mod identity;
+pub mod presence;
 pub mod qr;
 pub mod safety;
 pub mod wire;

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use kith_proto::envelope;
+use kith_proto::presence::{PresenceContents, PresenceKeys, PresenceRecord};
 use kith_proto::safety::SafetyNumber;
 use kith_proto::wire::{
     ChatMessage, FriendRequest, Lamport, MessageId, Payload, Receipt, ReceiptKind, Timestamp,
@@ -116,4 +117,27 @@ fn envelope_v1_opens() {
     let opened = envelope::open(&bob(), &hex::decode(committed).unwrap()).unwrap();
     assert_eq!(opened.sender, alice().public());
     assert_eq!(opened.payload, payload);
+}
+
+#[test]
+fn presence_v1_record_verifies_and_opens() {
+    // Like envelopes, records carry a random nonce: the fixture must keep
+    // verifying (at a fixed time) and opening with alice's share.
+    const NOW: u64 = 1_795_000_000;
+    let keys = PresenceKeys::derive(&alice());
+    let contents = PresenceContents {
+        peer_id: vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20, 0x33],
+        addresses: vec![vec![0x04, 127, 0, 0, 1, 0x06, 0x0f, 0xa1]],
+        prekeys: Vec::new(),
+    };
+    let entry = keys.entry(&contents, 7, NOW + 3600).unwrap();
+    let fresh = hex::encode(keys.record(entry).encode());
+    let committed = fixture("presence-v1.hex", &fresh);
+    let share = keys.share();
+    let record =
+        PresenceRecord::verify(&share.record_key(), &hex::decode(committed).unwrap(), NOW).unwrap();
+    let opened = share.open(&record, NOW).unwrap();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].contents, contents);
+    assert_eq!(opened[0].seq, 7);
 }

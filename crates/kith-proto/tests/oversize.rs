@@ -9,6 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use kith_proto::presence::{PresenceError, PresenceRecord};
 use kith_proto::wire::{DecodeError, MAX_FRAME_BYTES, Payload};
 use kith_proto::{AccountKeypair, KithId, envelope, qr};
 
@@ -82,6 +83,13 @@ fn oversize_input_is_refused_before_allocation() {
     let (bytes, result) = allocated_during(|| KithId::from_bytes(&huge));
     assert!(result.is_err());
     assert!(bytes <= ALLOWANCE, "ID reader allocated {bytes} bytes");
+
+    let (bytes, result) = allocated_during(|| PresenceRecord::verify(&[0u8; 32], &huge, 0));
+    assert!(matches!(result, Err(PresenceError::TooLarge { .. })));
+    assert!(
+        bytes <= ALLOWANCE,
+        "presence decoder allocated {bytes} bytes"
+    );
 
     let (bytes, result) = allocated_during(|| qr::read_image(&huge));
     assert!(matches!(result, Err(qr::ReadError::FileTooLarge { .. })));

@@ -2,6 +2,7 @@
 
 use kith_proto::envelope::{self, OpenError};
 use kith_proto::id::KithIdError;
+use kith_proto::presence::PresenceRecord;
 use kith_proto::wire::{
     ChatMessage, DecodeError, FriendRequest, Lamport, MAX_BODY_BYTES, MessageId, Payload, Receipt,
     ReceiptKind, Timestamp,
@@ -146,6 +147,10 @@ proptest! {
         let _ = KithId::from_bytes(&bytes);
         prop_assert!(envelope::open(&bob, &bytes).is_err());
         let _ = DeviceKeypair::from_protobuf(&bytes);
+        prop_assert!(PresenceRecord::verify(&[0u8; 32], &bytes, 1_800_000_000).is_err());
+        if let Ok(record) = PresenceRecord::decode(&bytes) {
+            prop_assert_eq!(PresenceRecord::decode(&record.encode()), Ok(record));
+        }
         prop_assert!(qr::read_image(&bytes).is_err());
         let text = String::from_utf8_lossy(&bytes);
         let _ = KithId::parse(&text);
