@@ -1,0 +1,213 @@
+//! The composed libp2p behaviour and the swarm built around it.
+//!
+//! One behaviour type serves both roles; parts that only one role runs are
+//! `Toggle`d off in the other (relay server and AutoNAT server on nodes,
+//! DCUtR and AutoNAT client on clients, mDNS when asked for).
+
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits, dcutr, identify,
+    identity, kad, mdns, noise, ping, relay, tcp, yamux,
+};
+use prometheus_client::registry::Registry;
+
+use crate::config::{Config, Role, TransportKind};
+
+/// Kith's private Kademlia protocol: never the public IPFS DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/kith/id/1.0.0";
+
+/// Everything a Kith node speaks.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Why a swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The transport could not be set up.
+    #[error("could not set up the transport: {0}")]
+    Transport(String),
+    /// A behaviour could not be set up (mDNS needs a usable network
+    /// interface, for example).
+    #[error("could not set up the network behaviour: {0}")]
+    Behaviour(String),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn behaviour(
+    key: &identity::Keypair,
+    relay_client: relay::client::Behaviour,
+    config: &Config,
+) -> Result<Behaviour, BoxError> {
+    let peer_id = key.public().to_peer_id();
+    let timers = &config.timers;
+    let node = config.role == Role::Node;
+
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_record_ttl(Some(std::time::Duration::from_secs(
+            kith_proto::presence::MAX_TTL_SECS,
+        )))
+        // Clients republish their own presence on their own timer.
+        .set_publication_interval(None)
+        .set_replication_interval(Some(timers.kad_replication))
+        .set_periodic_bootstrap_interval(Some(timers.kad_bootstrap))
+        .set_query_timeout(timers.kad_query_timeout)
+        .set_max_packet_size(2 * kith_proto::presence::MAX_RECORD_BYTES)
+        .set_caching(kad::Caching::Disabled);
+    let store = kad::store::MemoryStore::with_config(
+        peer_id,
+        kad::store::MemoryStoreConfig {
+            max_records: config.max_records,
+            max_value_bytes: kith_proto::presence::MAX_RECORD_BYTES,
+            max_providers_per_key: 1,
+            max_provided_keys: 1,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+    // Nodes always serve the DHT. Clients start as Kademlia clients and the
+    // event loop promotes them once AutoNAT confirms a direct public address
+    // (libp2p's automatic mode would also promote a client reachable only
+    // through a relay circuit, routing DHT traffic through the relay).
+    kad.set_mode(Some(if node {
+        kad::Mode::Server
+    } else {
+        kad::Mode::Client
+    }));
+
+    let relay_server = node.then(|| {
+        let limits = &config.relay_limits;
+        let mut relay = relay::Config {
+            max_reservations: limits.max_reservations,
+            max_reservations_per_peer: limits.max_reservations_per_peer,
+            reservation_duration: limits.reservation_duration,
+            max_circuits: limits.max_circuits,
+            max_circuits_per_peer: limits.max_circuits_per_peer,
+            max_circuit_duration: limits.max_circuit_duration,
+            max_circuit_bytes: limits.max_circuit_bytes,
+            ..Default::default()
+        };
+        // The default per-IP rate limits would throttle many peers behind
+        // one address (and every test on loopback); per-peer limits stay.
+        relay.reservation_rate_limiters.truncate(1);
+        relay.circuit_src_rate_limiters.truncate(1);
+        relay::Behaviour::new(peer_id, relay)
+    });
+
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| Box::new(BuildError::Behaviour(format!("mdns: {e}"))))?,
+        )
+    } else {
+        None
+    };
+
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.limits.max_established))
+        .with_max_established_per_peer(Some(config.limits.max_established_per_peer))
+        .with_max_pending_incoming(Some(config.limits.max_pending))
+        .with_max_pending_outgoing(Some(config.limits.max_pending));
+
+    let autonat_client = (!node && config.transport == TransportKind::Network).then(|| {
+        autonat::v2::client::Behaviour::new(
+            rand::make_rng::<rand::rngs::StdRng>(),
+            autonat::v2::client::Config::default().with_probe_interval(timers.autonat_probe),
+        )
+    });
+    let autonat_server = (node && config.transport == TransportKind::Network)
+        .then(autonat::v2::server::Behaviour::default);
+
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        relay_client,
+        relay_server: relay_server.into(),
+        dcutr: (!node).then(|| dcutr::Behaviour::new(peer_id)).into(),
+        autonat_client: autonat_client.into(),
+        autonat_server: autonat_server.into(),
+        kad,
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_agent_version(format!("kith/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true)
+                .with_interval(timers.kad_bootstrap),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(timers.ping_interval)),
+        mdns: mdns.into(),
+    })
+}
+
+/// Builds the swarm for `config`, registering libp2p's metrics in
+/// `registry` when one is given.
+pub(crate) fn build_swarm(
+    config: &Config,
+    registry: Option<&mut Registry>,
+) -> Result<Swarm<Behaviour>, BuildError> {
+    let keypair = config.keypair.libp2p().clone();
+    let idle = config.timers.idle_connection_timeout;
+    let transport_error = |e: &dyn std::fmt::Display| BuildError::Transport(e.to_string());
+    let swarm = match (config.transport, registry) {
+        (TransportKind::Network, registry) => {
+            let builder = SwarmBuilder::with_existing_identity(keypair)
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| transport_error(&e))?
+                .with_quic()
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_error(&e))?;
+            match registry {
+                Some(registry) => builder
+                    .with_bandwidth_metrics(registry)
+                    .with_behaviour(|key, relay| behaviour(key, relay, config))
+                    .map_err(|e| BuildError::Behaviour(e.to_string()))?
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                    .build(),
+                None => builder
+                    .with_behaviour(|key, relay| behaviour(key, relay, config))
+                    .map_err(|e| BuildError::Behaviour(e.to_string()))?
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                    .build(),
+            }
+        }
+        (TransportKind::Memory, _) => SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_other_transport(|key| {
+                Ok::<_, BoxError>(
+                    MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| transport_error(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(|key, relay| behaviour(key, relay, config))
+            .map_err(|e| BuildError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
+    Ok(swarm)
+}

@@ -1,0 +1,215 @@
+//! The cloneable handle the rest of Kith uses to drive the network.
+//!
+//! Every method sends one bounded [`Command`] to the event loop, carrying a
+//! `oneshot` for the reply. When the event loop is gone (every handle
+//! dropped, or the loop stopped) methods return [`NetError::Stopped`].
+
+use kith_proto::presence::PresenceShare;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+/// A device of a friend, as its presence entry describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device's network identity.
+    pub peer_id: PeerId,
+    /// Where it said it can be reached (direct and relay-circuit
+    /// addresses).
+    pub addresses: Vec<Multiaddr>,
+    /// Sequence number of the entry.
+    pub seq: u64,
+    /// When the entry expires, Unix seconds.
+    pub expires: u64,
+    /// Session prekeys it published.
+    pub prekeys: Vec<u8>,
+}
+
+/// How we are connected to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// Through a relay circuit (until DCUtR upgrades it).
+    pub relayed: bool,
+}
+
+/// Why a network request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The event loop has stopped.
+    #[error("the network has stopped")]
+    Stopped,
+    /// Too many requests of this kind are already in flight.
+    #[error("too many {0} in progress; try again shortly")]
+    Busy(&'static str),
+    /// No presence record was found for the friend.
+    #[error("no reachable device found for this friend")]
+    NotFound,
+    /// The DHT lookup failed.
+    #[error("lookup failed: {0}")]
+    Lookup(String),
+    /// This node has no presence keys to publish with.
+    #[error("this node publishes no presence")]
+    NoPresence,
+    /// The presence record could not be made or stored anywhere.
+    #[error("publishing presence failed: {0}")]
+    Publish(String),
+    /// A dial failed.
+    #[error("could not connect to {peer}: {reason}")]
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A multiaddr was not usable.
+    #[error("invalid address {0}")]
+    InvalidAddress(String),
+}
+
+/// The result of a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// Addresses listed in it.
+    pub addresses: usize,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+/// Requests to the event loop.
+pub(crate) enum Command {
+    ListenAddrs(Reply<Vec<Multiaddr>>),
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    Publish(Reply<Published>),
+    Find {
+        share: PresenceShare,
+        reply: Reply<Vec<Device>>,
+    },
+    Connect {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        reply: Reply<Connection>,
+    },
+    Connected(Reply<Vec<Connection>>),
+    RecordCount(Reply<usize>),
+    RoutingTableSize(Reply<usize>),
+    StoredValues(Reply<Vec<(Vec<u8>, Vec<u8>)>>),
+}
+
+/// A handle on a running node. Cheap to clone; the node stops when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) peer_id: PeerId,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses this node listens on, once every configured listener
+    /// is up, followed by its confirmed external addresses.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Dials an address (ending in `/p2p/<peer id>` or not) and waits for
+    /// the connection.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await
+    }
+
+    /// Publishes this device's presence entry now (it is also republished
+    /// on a timer and when addresses change).
+    pub async fn publish_presence(&self) -> Result<Published, NetError> {
+        self.ask(Command::Publish).await
+    }
+
+    /// Looks up a friend's devices in the DHT with the presence share they
+    /// gave us.
+    pub async fn find_devices(&self, share: &PresenceShare) -> Result<Vec<Device>, NetError> {
+        let share = share.clone();
+        self.ask(|reply| Command::Find { share, reply }).await
+    }
+
+    /// Connects to a peer at the given addresses (direct or relay circuit),
+    /// or returns the existing connection.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+    ) -> Result<Connection, NetError> {
+        self.ask(|reply| Command::Connect {
+            peer,
+            addresses,
+            reply,
+        })
+        .await
+    }
+
+    /// Looks up a friend and connects to each of their devices; returns the
+    /// connections made (an error only if no device could be reached).
+    pub async fn connect_friend(&self, share: &PresenceShare) -> Result<Vec<Connection>, NetError> {
+        let devices = self.find_devices(share).await?;
+        let mut connected = Vec::with_capacity(devices.len());
+        let mut last_error = NetError::NotFound;
+        for device in devices {
+            match self.connect(device.peer_id, device.addresses).await {
+                Ok(connection) => connected.push(connection),
+                Err(e) => last_error = e,
+            }
+        }
+        if connected.is_empty() {
+            Err(last_error)
+        } else {
+            Ok(connected)
+        }
+    }
+
+    /// Peers we have at least one connection to.
+    pub async fn connected_peers(&self) -> Result<Vec<Connection>, NetError> {
+        self.ask(Command::Connected).await
+    }
+
+    /// Number of DHT records this node stores for others.
+    pub async fn stored_record_count(&self) -> Result<usize, NetError> {
+        self.ask(Command::RecordCount).await
+    }
+
+    /// Number of peers in this node's Kademlia routing table.
+    pub async fn routing_table_size(&self) -> Result<usize, NetError> {
+        self.ask(Command::RoutingTableSize).await
+    }
+
+    /// Every (key, value) this node stores in its DHT record store. For
+    /// tests and diagnostics.
+    pub async fn stored_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, NetError> {
+        self.ask(Command::StoredValues).await
+    }
+}

@@ -1,0 +1,222 @@
+//! Settings for one network node, with every timer and limit explicit.
+
+use std::time::Duration;
+
+use kith_proto::DeviceKeypair;
+use kith_proto::presence::PresenceKeys;
+use libp2p::Multiaddr;
+
+/// What part a node plays in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A desktop client: Kademlia client mode until AutoNAT confirms a
+    /// public address, relay client with DCUtR, AutoNAT client.
+    Client,
+    /// `kithd`: Kademlia server, relay server, AutoNAT server; stores and
+    /// validates other nodes' presence records.
+    Node,
+}
+
+/// Which transports to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP (Noise + Yamux) and QUIC, plus relay circuits for clients.
+    Network,
+    /// libp2p's in-process memory transport (Noise + Yamux), for running
+    /// many nodes in one test or benchmark process. Addresses are
+    /// `/memory/N`.
+    Memory,
+}
+
+/// When a client reserves a relay circuit on a bootstrap node that offers
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayReservation {
+    /// While no public address of our own has been confirmed by AutoNAT.
+    Auto,
+    /// Always (useful behind NAT, and for tests of relayed paths).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Limits for the relay server on `kithd`.
+///
+/// libp2p's defaults (2 minutes or 128 KiB per circuit, 16 circuits) suit a
+/// DCUtR handshake but cut off two friends behind symmetric NAT who must chat
+/// through the relay; these defaults let such a chat live while
+/// `max_circuits_per_peer` keeps one peer from taking every slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once.
+    pub max_reservations: usize,
+    /// Reservations per peer.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the client must renew it.
+    pub reservation_duration: Duration,
+    /// Circuits relayed at once.
+    pub max_circuits: usize,
+    /// Circuits per peer (source or destination).
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit may live; clients re-open it transparently.
+    pub max_circuit_duration: Duration,
+    /// Bytes one circuit may carry in each direction.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 1024,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(3600),
+            max_circuits: 512,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Every periodic timer the node runs. Idle traffic is the sum of these;
+/// issue 9 tunes them against measurements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timers {
+    /// Lifetime of a published presence entry.
+    pub presence_ttl: Duration,
+    /// Republish interval of our own presence entry (well before expiry).
+    pub presence_republish: Duration,
+    /// Wait after an address change before republishing, so a burst of
+    /// changes costs one publication.
+    pub presence_debounce: Duration,
+    /// Kademlia routing-table refresh.
+    pub kad_bootstrap: Duration,
+    /// How often DHT nodes re-send stored records to the closest peers.
+    pub kad_replication: Duration,
+    /// Kademlia query timeout.
+    pub kad_query_timeout: Duration,
+    /// Keep-alive ping interval on open connections.
+    pub ping_interval: Duration,
+    /// Connections with no open streams close after this.
+    pub idle_connection_timeout: Duration,
+    /// First redial delay after losing every bootstrap node.
+    pub reconnect_min: Duration,
+    /// Longest redial delay.
+    pub reconnect_max: Duration,
+    /// AutoNAT probe interval.
+    pub autonat_probe: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            presence_ttl: Duration::from_secs(2 * 3600),
+            presence_republish: Duration::from_secs(3600),
+            presence_debounce: Duration::from_millis(250),
+            kad_bootstrap: Duration::from_secs(30 * 60),
+            kad_replication: Duration::from_secs(3600),
+            kad_query_timeout: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(60),
+            idle_connection_timeout: Duration::from_secs(120),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(300),
+            autonat_probe: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Established connections in total.
+    pub max_established: u32,
+    /// Established connections with one peer.
+    pub max_established_per_peer: u32,
+    /// Connections being set up, in each direction.
+    pub max_pending: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_established: 512,
+            max_established_per_peer: 4,
+            max_pending: 64,
+        }
+    }
+}
+
+/// Everything [`crate::new`] needs.
+pub struct Config {
+    /// This device's key (its PeerId).
+    pub keypair: DeviceKeypair,
+    /// Client or node.
+    pub role: Role,
+    /// Real network or in-process memory.
+    pub transport: TransportKind,
+    /// Addresses to listen on (port 0 picks a free port).
+    pub listen: Vec<Multiaddr>,
+    /// Addresses others can reach us at, announced as confirmed (for
+    /// nodes with a known public address).
+    pub external: Vec<Multiaddr>,
+    /// Bootstrap nodes, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// The account's presence keys, for a client that publishes where it
+    /// can be reached; `None` publishes nothing.
+    pub presence: Option<PresenceKeys>,
+    /// When to reserve a relay circuit (clients).
+    pub relay_reservation: RelayReservation,
+    /// Relay server limits (nodes).
+    pub relay_limits: RelayLimits,
+    /// Timers.
+    pub timers: Timers,
+    /// Connection limits.
+    pub limits: ConnectionLimits,
+    /// Most presence records a DHT node stores.
+    pub max_records: usize,
+    /// Capacity of the command and event queues.
+    pub queue_capacity: usize,
+}
+
+impl Config {
+    /// A configuration with defaults for `role`, listening nowhere yet.
+    pub fn new(keypair: DeviceKeypair, role: Role) -> Self {
+        Self {
+            keypair,
+            role,
+            transport: TransportKind::Network,
+            listen: Vec::new(),
+            external: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            presence: None,
+            relay_reservation: RelayReservation::Auto,
+            relay_limits: RelayLimits::default(),
+            timers: Timers::default(),
+            limits: ConnectionLimits::default(),
+            max_records: 65_536,
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("peer_id", &self.keypair.peer_id())
+            .field("role", &self.role)
+            .field("transport", &self.transport)
+            .field("listen", &self.listen)
+            .field("external", &self.external)
+            .field("bootstrap", &self.bootstrap)
+            .field("mdns", &self.mdns)
+            .field("presence", &self.presence.is_some())
+            .field("relay_reservation", &self.relay_reservation)
+            .field("relay_limits", &self.relay_limits)
+            .field("timers", &self.timers)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,1125 @@
+//! The event loop: owns the swarm, serves commands, runs the timers.
+//!
+//! Data flow: [`crate::Client`] methods send [`Command`]s over a bounded
+//! channel; the loop starts swarm operations and files their `oneshot`
+//! replies in `pending` maps keyed by Kademlia query ID, connection ID or
+//! peer; swarm events complete them. Noteworthy happenings go out as
+//! [`Event`]s on a bounded channel: when the consumer lags, events are
+//! dropped and counted rather than stalling the network.
+//!
+//! Timers: presence republication (and a short debounce after address
+//! changes), jittered redials of lost bootstrap nodes, and retries of failed
+//! publications. Kademlia's own refresh and replication run inside the
+//! behaviour with the intervals from [`crate::Timers`].
+//!
+//! DHT-side validation: Kademlia is configured with
+//! `StoreInserts::FilterBoth`, so every inbound PutRecord arrives here; it is
+//! stored only if [`kith_proto::presence::PresenceRecord::verify`] accepts
+//! it and the merge with what is stored brings something newer.
+
+use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use kith_proto::presence::{
+    MAX_ADDRESS_BYTES, MAX_ADDRESSES, PresenceContents, PresenceError, PresenceKeys,
+    PresenceRecord, PresenceShare,
+};
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::kad::store::RecordStore;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, relay};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::client::{Command, Connection, Device, NetError, Published, Reply};
+use crate::config::{Config, RelayReservation, Role, Timers};
+use crate::metrics::NetMetrics;
+
+/// Most lookups in flight at once.
+const MAX_LOOKUPS: usize = 64;
+/// Most dials waited on at once.
+const MAX_DIALS: usize = 128;
+/// Most callers waiting for the listeners to come up.
+const MAX_LISTEN_WAITERS: usize = 16;
+/// A lookup answers once this many DHT nodes have returned a valid record.
+const LOOKUP_RECORDS: usize = 3;
+/// Below this many routing-table peers, Kademlia bootstrap is repeated with
+/// growing delays instead of waiting for the periodic refresh.
+const SMALL_ROUTING_TABLE: usize = 10;
+/// The relay hop protocol a node offers circuits with.
+const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+/// What the network reports as it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A listener is up on this address.
+    Listening {
+        /// The address.
+        address: Multiaddr,
+    },
+    /// A connection to a peer was established.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// Through a relay circuit.
+        relayed: bool,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer was found on the LAN by mDNS.
+    LanPeer {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A bootstrap node was lost; it is redialled after `retry_in`.
+    BootstrapLost {
+        /// The node.
+        peer: PeerId,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// A relay accepted our reservation: we are reachable through it.
+    RelayReserved {
+        /// The relay.
+        relay: PeerId,
+    },
+    /// A relayed connection was upgraded to a direct one (DCUtR).
+    HolePunched {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A hole punch failed; the relayed connection stays.
+    HolePunchFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: String,
+    },
+    /// AutoNAT confirmed an external address of ours.
+    ExternalAddress {
+        /// The address.
+        address: Multiaddr,
+    },
+    /// Our presence entry was stored in the DHT.
+    PresencePublished {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// Publishing our presence failed; it is retried.
+    PresenceFailed {
+        /// Why.
+        error: String,
+    },
+    /// This node stored a presence record for someone.
+    RecordStored {
+        /// Who sent it.
+        from: PeerId,
+    },
+    /// This node refused a record; `reason` is a short label.
+    RecordRefused {
+        /// Who sent it.
+        from: PeerId,
+        /// Why (e.g. `bad_signature`, `expired`, `stale`).
+        reason: &'static str,
+    },
+}
+
+struct Lookup {
+    share: PresenceShare,
+    merged: Option<PresenceRecord>,
+    records: usize,
+    reply: Reply<Vec<Device>>,
+}
+
+struct BootstrapNode {
+    addr: Multiaddr,
+    backoff: Backoff,
+    next_dial: Option<Instant>,
+}
+
+struct Publisher {
+    keys: PresenceKeys,
+    last_seq: u64,
+    next: Option<Instant>,
+    retry: Backoff,
+    in_flight: Option<(kad::QueryId, u64, usize)>,
+    waiters: Vec<Reply<Published>>,
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`]. It ends when every
+/// [`crate::Client`] has been dropped.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    dropped_events: u64,
+    role: Role,
+    has_configured_external: bool,
+    timers: Timers,
+    relay_reservation: RelayReservation,
+    metrics: Option<NetMetrics>,
+    publisher: Option<Publisher>,
+    lookups: HashMap<kad::QueryId, Lookup>,
+    dials: HashMap<ConnectionId, (PeerId, Reply<Connection>)>,
+    addr_dials: HashMap<ConnectionId, Reply<()>>,
+    connections: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    bootstrap: HashMap<PeerId, BootstrapNode>,
+    bootstrapped: bool,
+    next_kad_bootstrap: Option<Instant>,
+    kad_bootstrap_backoff: Backoff,
+    relays: HashMap<PeerId, ListenerId>,
+    relay_capable: HashSet<PeerId>,
+    pending_listeners: HashSet<ListenerId>,
+    listen_waiters: Vec<Reply<Vec<Multiaddr>>>,
+}
+
+fn unix_now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn unix_secs() -> u64 {
+    unix_now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_millis() -> u64 {
+    unix_now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn refusal_label(error: &PresenceError) -> &'static str {
+    match error {
+        PresenceError::TooLarge { .. } => "too_large",
+        PresenceError::UnknownVersion { .. } => "unknown_version",
+        PresenceError::Malformed(_) => "malformed",
+        PresenceError::WrongKey | PresenceError::InvalidKey => "wrong_key",
+        PresenceError::Entries { .. } => "entries",
+        PresenceError::ContentsTooLarge { .. } => "too_large",
+        PresenceError::BadSignature => "bad_signature",
+        PresenceError::Expired { .. } => "expired",
+        PresenceError::ExpiryTooFar { .. } => "expiry_too_far",
+        PresenceError::Stale { .. } => "stale",
+        _ => "invalid",
+    }
+}
+
+/// The PeerId at the end of an address, if any.
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        config: Config,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        metrics: Option<NetMetrics>,
+        pending_listeners: HashSet<ListenerId>,
+    ) -> Self {
+        let timers = config.timers.clone();
+        let timers_kad_bootstrap = timers.kad_bootstrap;
+        let mut bootstrap = HashMap::new();
+        for addr in &config.bootstrap {
+            if let Some(peer) = peer_of(addr) {
+                bootstrap.insert(
+                    peer,
+                    BootstrapNode {
+                        addr: addr.clone(),
+                        backoff: Backoff::new(timers.reconnect_min, timers.reconnect_max),
+                        next_dial: Some(Instant::now()),
+                    },
+                );
+            }
+        }
+        let publisher = config.presence.map(|keys| Publisher {
+            keys,
+            last_seq: 0,
+            next: None,
+            retry: Backoff::new(timers.reconnect_min, timers.reconnect_max),
+            in_flight: None,
+            waiters: Vec::new(),
+        });
+        Self {
+            swarm,
+            commands,
+            events,
+            dropped_events: 0,
+            role: config.role,
+            has_configured_external: !config.external.is_empty(),
+            relay_reservation: config.relay_reservation,
+            timers,
+            metrics,
+            publisher,
+            lookups: HashMap::new(),
+            dials: HashMap::new(),
+            addr_dials: HashMap::new(),
+            connections: HashMap::new(),
+            bootstrap,
+            bootstrapped: false,
+            next_kad_bootstrap: None,
+            kad_bootstrap_backoff: Backoff::new(Duration::from_secs(1), timers_kad_bootstrap),
+            relays: HashMap::new(),
+            relay_capable: HashSet::new(),
+            pending_listeners,
+            listen_waiters: Vec::new(),
+        }
+    }
+
+    /// Runs until every client handle is dropped.
+    pub async fn run(mut self) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = sleep_until(deadline) => self.on_timers(),
+            }
+        }
+        tracing::debug!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
+    }
+
+    fn emit(&mut self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            self.dropped_events += 1;
+            if self.dropped_events.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped_events,
+                    "network events dropped: consumer lagging"
+                );
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let bootstrap = self.bootstrap.values().filter_map(|b| b.next_dial);
+        let publish = self.publisher.as_ref().and_then(|p| p.next);
+        bootstrap
+            .chain(publish)
+            .chain(self.next_kad_bootstrap)
+            .min()
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .bootstrap
+            .iter()
+            .filter(|(_, b)| b.next_dial.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some(node) = self.bootstrap.get_mut(&peer) {
+                node.next_dial = None;
+                let addr = node.addr.clone();
+                if self.swarm.is_connected(&peer) {
+                    continue;
+                }
+                tracing::debug!(%peer, %addr, "dialling bootstrap node");
+                if let Err(e) = self.swarm.dial(addr) {
+                    tracing::debug!(%peer, "bootstrap dial refused: {e}");
+                    self.schedule_bootstrap_redial(peer);
+                }
+            }
+        }
+        if self
+            .publisher
+            .as_ref()
+            .and_then(|p| p.next)
+            .is_some_and(|t| t <= now)
+        {
+            self.publish();
+        }
+        if self.next_kad_bootstrap.is_some_and(|t| t <= now) {
+            self.next_kad_bootstrap = None;
+            if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                self.schedule_kad_bootstrap();
+            }
+        }
+    }
+
+    fn routing_table_size(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|bucket| bucket.num_entries())
+            .sum()
+    }
+
+    /// While the routing table is small (a new network, or a node that
+    /// joined before its contacts knew anyone), bootstrap again after a
+    /// growing delay rather than waiting for the periodic refresh.
+    fn schedule_kad_bootstrap(&mut self) {
+        if self.routing_table_size() < SMALL_ROUTING_TABLE && self.next_kad_bootstrap.is_none() {
+            self.next_kad_bootstrap =
+                Some(Instant::now() + self.kad_bootstrap_backoff.next_delay());
+        }
+    }
+
+    fn schedule_bootstrap_redial(&mut self, peer: PeerId) {
+        if let Some(node) = self.bootstrap.get_mut(&peer) {
+            if node.next_dial.is_some() {
+                return;
+            }
+            let delay = node.backoff.next_delay();
+            node.next_dial = Some(Instant::now() + delay);
+            self.emit(Event::BootstrapLost {
+                peer,
+                retry_in: delay,
+            });
+        }
+    }
+
+    fn schedule_publish_soon(&mut self) {
+        let debounce = self.timers.presence_debounce;
+        if let Some(p) = self.publisher.as_mut() {
+            let soon = Instant::now() + debounce;
+            p.next = Some(p.next.map_or(soon, |t| t.min(soon)));
+        }
+    }
+
+    // ---- commands ----
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs(reply) => {
+                if self.pending_listeners.is_empty() {
+                    let _ = reply.send(Ok(self.listen_addrs()));
+                } else if self.listen_waiters.len() < MAX_LISTEN_WAITERS {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(Err(NetError::Busy("address requests")));
+                }
+            }
+            Command::Dial { addr, reply } => self.dial_addr(addr, reply),
+            Command::Publish(reply) => match self.publisher.as_mut() {
+                None => {
+                    let _ = reply.send(Err(NetError::NoPresence));
+                }
+                Some(p) if p.waiters.len() >= MAX_LISTEN_WAITERS => {
+                    let _ = reply.send(Err(NetError::Busy("publications")));
+                }
+                Some(p) => {
+                    p.waiters.push(reply);
+                    if p.in_flight.is_none() {
+                        self.publish();
+                    }
+                }
+            },
+            Command::Find { share, reply } => self.find(share, reply),
+            Command::Connect {
+                peer,
+                addresses,
+                reply,
+            } => self.connect(peer, addresses, reply),
+            Command::Connected(reply) => {
+                let list = self
+                    .connections
+                    .iter()
+                    .map(|(peer, conns)| Connection {
+                        peer_id: *peer,
+                        relayed: conns.values().all(|relayed| *relayed),
+                    })
+                    .collect();
+                let _ = reply.send(Ok(list));
+            }
+            Command::RecordCount(reply) => {
+                let count = self.swarm.behaviour_mut().kad.store_mut().records().count();
+                let _ = reply.send(Ok(count));
+            }
+            Command::RoutingTableSize(reply) => {
+                let size = self.routing_table_size();
+                let _ = reply.send(Ok(size));
+            }
+            Command::StoredValues(reply) => {
+                let values = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .records()
+                    .map(|r| (r.key.to_vec(), r.value.clone()))
+                    .collect();
+                let _ = reply.send(Ok(values));
+            }
+        }
+    }
+
+    fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        for addr in self.swarm.external_addresses() {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
+        addrs
+    }
+
+    fn dial_addr(&mut self, addr: Multiaddr, reply: Reply<()>) {
+        if self.addr_dials.len() >= MAX_DIALS {
+            let _ = reply.send(Err(NetError::Busy("dials")));
+            return;
+        }
+        let opts = match peer_of(&addr) {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.addr_dials.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetError::Dial {
+                    peer: peer_of(&addr).unwrap_or(*self.swarm.local_peer_id()),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn connect(&mut self, peer: PeerId, addresses: Vec<Multiaddr>, reply: Reply<Connection>) {
+        if let Some(conns) = self.connections.get(&peer) {
+            let _ = reply.send(Ok(Connection {
+                peer_id: peer,
+                relayed: conns.values().all(|r| *r),
+            }));
+            return;
+        }
+        if self.dials.len() >= MAX_DIALS {
+            let _ = reply.send(Err(NetError::Busy("dials")));
+            return;
+        }
+        for addr in &addresses {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addresses)
+            .condition(PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, (peer, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetError::Dial {
+                    peer,
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn find(&mut self, share: PresenceShare, reply: Reply<Vec<Device>>) {
+        if self.lookups.len() >= MAX_LOOKUPS {
+            let _ = reply.send(Err(NetError::Busy("lookups")));
+            return;
+        }
+        let key = kad::RecordKey::new(&share.record_key());
+        let id = self.swarm.behaviour_mut().kad.get_record(key);
+        self.lookups.insert(
+            id,
+            Lookup {
+                share,
+                merged: None,
+                records: 0,
+                reply,
+            },
+        );
+    }
+
+    // ---- presence publication ----
+
+    fn presence_addresses(&self) -> Vec<Vec<u8>> {
+        let external = self.swarm.external_addresses().filter(|a| !is_circuit(a));
+        let circuits = self.swarm.listeners().filter(|a| is_circuit(a));
+        let direct = self
+            .swarm
+            .listeners()
+            .filter(|a| !is_circuit(a) && !is_unspecified(a));
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for addr in external.chain(circuits).chain(direct) {
+            let bytes = addr.to_vec();
+            if bytes.len() <= MAX_ADDRESS_BYTES && !out.contains(&bytes) {
+                out.push(bytes);
+            }
+            if out.len() == MAX_ADDRESSES {
+                break;
+            }
+        }
+        out
+    }
+
+    fn publish(&mut self) {
+        let addresses = self.presence_addresses();
+        let peer_id = self.swarm.local_peer_id().to_bytes();
+        let ttl = self.timers.presence_ttl;
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        p.next = None;
+        if let Some((old, _, _)) = p.in_flight.take()
+            && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&old)
+        {
+            query.finish();
+        }
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        let seq = unix_millis().max(p.last_seq + 1);
+        let expires = unix_secs() + ttl.as_secs();
+        let contents = PresenceContents {
+            peer_id,
+            addresses,
+            prekeys: Vec::new(),
+        };
+        let count = contents.addresses.len();
+        let entry = match p.keys.entry(&contents, seq, expires) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let error = NetError::Publish(e.to_string());
+                for waiter in p.waiters.drain(..) {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        p.last_seq = seq;
+        let record = p.keys.record(entry);
+        let key = kad::RecordKey::new(&p.keys.share().record_key());
+        let mut kad_record = kad::Record::new(key, record.encode());
+        kad_record.expires = Some(std::time::Instant::now() + ttl);
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(kad_record, kad::Quorum::One)
+        {
+            Ok(id) => {
+                if let Some(p) = self.publisher.as_mut() {
+                    p.in_flight = Some((id, seq, count));
+                }
+            }
+            Err(e) => self.publish_failed(e.to_string()),
+        }
+    }
+
+    fn publish_failed(&mut self, error: String) {
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        p.in_flight = None;
+        let delay = p.retry.next_delay();
+        p.next = Some(Instant::now() + delay);
+        let failure = NetError::Publish(error.clone());
+        for waiter in p.waiters.drain(..) {
+            let _ = waiter.send(Err(failure.clone()));
+        }
+        tracing::debug!("presence publication failed, retrying in {delay:?}: {error}");
+        self.emit(Event::PresenceFailed { error });
+    }
+
+    fn publish_done(&mut self, seq: u64, addresses: usize) {
+        let republish = self.timers.presence_republish;
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        p.in_flight = None;
+        p.retry.reset();
+        p.next = Some(p.next.map_or(Instant::now() + republish, |t| {
+            t.min(Instant::now() + republish)
+        }));
+        for waiter in p.waiters.drain(..) {
+            let _ = waiter.send(Ok(Published { seq, addresses }));
+        }
+        self.emit(Event::PresencePublished { seq });
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.metrics {
+            m.record_swarm(&event);
+        }
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                tracing::info!(%address, "listening");
+                self.pending_listeners.remove(&listener_id);
+                // A node with no configured external address announces what
+                // it listens on; the relay server only serves once the node
+                // has a confirmed external address.
+                if self.role == Role::Node && !self.has_configured_external && !is_circuit(&address)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
+                if self.pending_listeners.is_empty() {
+                    let addrs = self.listen_addrs();
+                    for waiter in self.listen_waiters.drain(..) {
+                        let _ = waiter.send(Ok(addrs.clone()));
+                    }
+                }
+                self.schedule_publish_soon();
+                self.emit(Event::Listening { address });
+            }
+            SwarmEvent::ExpiredListenAddr { .. } => self.schedule_publish_soon(),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                self.pending_listeners.remove(&listener_id);
+                if let Some(relay) = self
+                    .relays
+                    .iter()
+                    .find(|(_, l)| **l == listener_id)
+                    .map(|(p, _)| *p)
+                {
+                    tracing::debug!(%relay, ?reason, "relay listener closed");
+                    self.relays.remove(&relay);
+                }
+                self.schedule_publish_soon();
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                if !is_circuit(&address) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .set_mode(Some(kad::Mode::Server));
+                    if self.relay_reservation == RelayReservation::Auto {
+                        for (_, listener) in self.relays.drain() {
+                            self.swarm.remove_listener(listener);
+                        }
+                    }
+                }
+                self.schedule_publish_soon();
+                self.emit(Event::ExternalAddress { address });
+            }
+            SwarmEvent::ExternalAddrExpired { .. } => {
+                if self.role == Role::Client
+                    && !self.swarm.external_addresses().any(|a| !is_circuit(a))
+                {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .set_mode(Some(kad::Mode::Client));
+                }
+                self.schedule_publish_soon();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => self.on_connected(peer_id, connection_id, &endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if let Entry::Occupied(mut conns) = self.connections.entry(peer_id) {
+                    conns.get_mut().remove(&connection_id);
+                    if conns.get().is_empty() {
+                        conns.remove();
+                    }
+                }
+                if num_established == 0 {
+                    self.relay_capable.remove(&peer_id);
+                    if self.relays.contains_key(&peer_id) {
+                        self.relays.remove(&peer_id);
+                        self.schedule_publish_soon();
+                    }
+                    // Redial a bootstrap node we lost to an error; one that
+                    // closed for being idle is dialled again when needed.
+                    if self.bootstrap.contains_key(&peer_id)
+                        && matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_)))
+                    {
+                        self.schedule_bootstrap_redial(peer_id);
+                    }
+                    self.emit(Event::Disconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let reason = error.to_string();
+                if let Some((peer, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        peer,
+                        reason: reason.clone(),
+                    }));
+                }
+                if let Some(reply) = self.addr_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        peer: peer_id.unwrap_or(*self.swarm.local_peer_id()),
+                        reason,
+                    }));
+                }
+                if let Some(peer) = peer_id
+                    && self.bootstrap.contains_key(&peer)
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.schedule_bootstrap_redial(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        let relayed = endpoint.is_relayed();
+        self.connections
+            .entry(peer)
+            .or_default()
+            .insert(id, relayed);
+        if let Some((_, reply)) = self.dials.remove(&id) {
+            let _ = reply.send(Ok(Connection {
+                peer_id: peer,
+                relayed,
+            }));
+        }
+        if let Some(reply) = self.addr_dials.remove(&id) {
+            let _ = reply.send(Ok(()));
+        }
+        if let Some(node) = self.bootstrap.get_mut(&peer) {
+            node.backoff.reset();
+            node.next_dial = None;
+            let addr = node.addr.clone();
+            let base: Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            self.swarm.behaviour_mut().kad.add_address(&peer, base);
+            if !self.bootstrapped {
+                self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+            }
+            self.schedule_publish_soon();
+        }
+        self.emit(Event::Connected { peer, relayed });
+    }
+
+    fn maybe_reserve_relay(&mut self, relay: PeerId) {
+        let wanted = match self.relay_reservation {
+            RelayReservation::Never => false,
+            RelayReservation::Always => true,
+            RelayReservation::Auto => !self.swarm.external_addresses().any(|a| !is_circuit(a)),
+        };
+        if self.role != Role::Client
+            || !wanted
+            || self.relays.contains_key(&relay)
+            || !self.bootstrap.contains_key(&relay)
+        {
+            return;
+        }
+        let Some(node) = self.bootstrap.get(&relay) else {
+            return;
+        };
+        let circuit = node.addr.clone().with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit) {
+            Ok(listener) => {
+                self.relays.insert(relay, listener);
+            }
+            Err(e) => tracing::debug!(%relay, "could not listen through relay: {e}"),
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Kad(event) => {
+                if let Some(m) = &self.metrics {
+                    m.record_kad(&event);
+                }
+                self.on_kad_event(event);
+            }
+            BehaviourEvent::Identify(event) => {
+                if let Some(m) = &self.metrics {
+                    m.record_identify(&event);
+                }
+                if let identify::Event::Received { peer_id, info, .. } = event {
+                    if info.protocols.contains(&KAD_PROTOCOL) {
+                        for addr in info.listen_addrs {
+                            if !is_circuit(&addr) {
+                                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                            }
+                        }
+                    }
+                    let hop = libp2p::StreamProtocol::new(RELAY_HOP);
+                    if info.protocols.contains(&hop) {
+                        self.relay_capable.insert(peer_id);
+                        self.maybe_reserve_relay(peer_id);
+                    }
+                }
+            }
+            BehaviourEvent::Ping(event) => {
+                if let Some(m) = &self.metrics {
+                    m.record_ping(&event);
+                }
+            }
+            BehaviourEvent::Mdns(event) => match event {
+                mdns::Event::Discovered(found) => {
+                    let mut peers: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                    for (peer, addr) in found {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                        peers.entry(peer).or_default().push(addr);
+                    }
+                    for (peer, addrs) in peers {
+                        if !self.swarm.is_connected(&peer) {
+                            let opts = DialOpts::peer_id(peer)
+                                .addresses(addrs)
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build();
+                            let _ = self.swarm.dial(opts);
+                        }
+                        self.emit(Event::LanPeer { peer });
+                    }
+                }
+                mdns::Event::Expired(_) => {}
+            },
+            BehaviourEvent::RelayClient(event) => {
+                if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                    self.schedule_publish_soon();
+                    self.emit(Event::RelayReserved {
+                        relay: relay_peer_id,
+                    });
+                }
+            }
+            BehaviourEvent::RelayServer(event) => {
+                if let Some(m) = &self.metrics {
+                    m.record_relay(&event);
+                }
+            }
+            BehaviourEvent::Dcutr(event) => {
+                if let Some(m) = &self.metrics {
+                    m.record_dcutr(&event);
+                }
+                match event.result {
+                    Ok(_) => self.emit(Event::HolePunched {
+                        peer: event.remote_peer_id,
+                    }),
+                    Err(e) => self.emit(Event::HolePunchFailed {
+                        peer: event.remote_peer_id,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            BehaviourEvent::AutonatClient(_)
+            | BehaviourEvent::AutonatServer(_)
+            | BehaviourEvent::Limits(_) => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.on_inbound_put(source, record),
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
+                kad::QueryResult::PutRecord(result) => {
+                    let ours = self
+                        .publisher
+                        .as_ref()
+                        .and_then(|p| p.in_flight)
+                        .filter(|(q, _, _)| *q == id);
+                    if let Some((_, seq, count)) = ours {
+                        match result {
+                            Ok(_) => self.publish_done(seq, count),
+                            Err(e) => self.publish_failed(e.to_string()),
+                        }
+                    }
+                }
+                kad::QueryResult::Bootstrap(result) => {
+                    if let Err(e) = result {
+                        tracing::debug!("kademlia bootstrap: {e}");
+                    }
+                    if step.last {
+                        self.schedule_kad_bootstrap();
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        let now = unix_secs();
+        let verified = PresenceRecord::verify(record.key.as_ref(), &record.value, now);
+        let result = verified.and_then(|incoming| {
+            let store = self.swarm.behaviour_mut().kad.store_mut();
+            let stored = store
+                .get(&record.key)
+                .and_then(|r| PresenceRecord::decode(&r.value).ok());
+            PresenceRecord::merge(stored.as_ref(), incoming, now)
+        });
+        match result {
+            Ok(merged) => {
+                let lifetime = merged
+                    .earliest_expiry()
+                    .map_or(0, |e| e.saturating_sub(now));
+                let mut stored = kad::Record::new(record.key, merged.encode());
+                stored.expires = Some(std::time::Instant::now() + Duration::from_secs(lifetime));
+                match self.swarm.behaviour_mut().kad.store_mut().put(stored) {
+                    Ok(()) => {
+                        if let Some(m) = &self.metrics {
+                            m.record_stored();
+                        }
+                        self.emit(Event::RecordStored { from: source });
+                    }
+                    Err(e) => {
+                        tracing::debug!(%source, "record store full: {e}");
+                        self.refused(source, "store_full");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%source, "refused presence record: {e}");
+                self.refused(source, refusal_label(&e));
+            }
+        }
+    }
+
+    fn refused(&mut self, from: PeerId, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.record_refused(reason);
+        }
+        self.emit(Event::RecordRefused { from, reason });
+    }
+
+    fn on_get_record(
+        &mut self,
+        id: kad::QueryId,
+        result: Result<kad::GetRecordOk, kad::GetRecordError>,
+        last: bool,
+    ) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let now = unix_secs();
+        if let Ok(kad::GetRecordOk::FoundRecord(found)) = &result {
+            match PresenceRecord::verify(found.record.key.as_ref(), &found.record.value, now) {
+                Ok(record) if record.presence_key == lookup.share.public => {
+                    lookup.records += 1;
+                    let merged = match lookup.merged.take() {
+                        None => record,
+                        // A record with nothing newer leaves what we hold.
+                        Some(held) => {
+                            PresenceRecord::merge(Some(&held), record, now).unwrap_or(held)
+                        }
+                    };
+                    lookup.merged = Some(merged);
+                }
+                Ok(_) => tracing::debug!("lookup returned a record for another key"),
+                Err(e) => {
+                    tracing::debug!(peer = ?found.peer, "lookup returned an invalid record: {e}")
+                }
+            }
+        }
+        let enough = lookup.records >= LOOKUP_RECORDS;
+        if !(enough || last) {
+            return;
+        }
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        if enough && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        let answer = match lookup.merged {
+            Some(record) => match lookup.share.open(&record, now) {
+                Ok(entries) if !entries.is_empty() => Ok(entries
+                    .into_iter()
+                    .filter_map(|entry| {
+                        let peer_id = PeerId::from_bytes(&entry.contents.peer_id).ok()?;
+                        let addresses = entry
+                            .contents
+                            .addresses
+                            .iter()
+                            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                            .collect();
+                        Some(Device {
+                            peer_id,
+                            addresses,
+                            seq: entry.seq,
+                            expires: entry.expires,
+                            prekeys: entry.contents.prekeys,
+                        })
+                    })
+                    .collect()),
+                Ok(_) => Err(NetError::NotFound),
+                Err(e) => Err(NetError::Lookup(e.to_string())),
+            },
+            None => match result {
+                Err(kad::GetRecordError::NotFound { .. }) | Ok(_) => Err(NetError::NotFound),
+                Err(e) => Err(NetError::Lookup(e.to_string())),
+            },
+        };
+        let _ = lookup.reply.send(answer);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

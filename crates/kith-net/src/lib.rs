@@ -1,0 +1,112 @@
+//! Kith's network layer: one libp2p swarm per device or node.
+//!
+//! - **Transports**: TCP (Noise + Yamux) and QUIC, relay v2 circuits for
+//!   clients; or libp2p's memory transport so that many nodes run in one
+//!   process for tests and benchmarks ([`TransportKind::Memory`]).
+//! - **Finding peers**: a private Kademlia DHT under [`KAD_PROTOCOL`]
+//!   (never the public IPFS DHT), fed by Identify; mDNS on the LAN; AutoNAT
+//!   v2 to learn whether we are publicly reachable.
+//! - **Presence**: a client with presence keys publishes its signed, sealed
+//!   presence entry (see `docs/presence.md`), republishes it before expiry
+//!   and when its addresses change; friends look it up with the
+//!   [`kith_proto::presence::PresenceShare`] they were given and dial each
+//!   device directly or through a relay circuit, which DCUtR then tries to
+//!   upgrade to a direct connection. DHT nodes validate every inbound record
+//!   before storing it.
+//! - **Nodes** (`kithd`): Kademlia server, relay v2 server with
+//!   [`RelayLimits`], AutoNAT server.
+//!
+//! The shape follows the house style: [`new`] returns a cloneable
+//! [`Client`] that sends bounded commands with `oneshot` replies, a stream
+//! of [`Event`]s, and the [`EventLoop`] that owns the swarm and must be
+//! spawned; it ends when every `Client` is dropped. Nothing is global, so any
+//! number of nodes can run in one process.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod backoff;
+mod behaviour;
+mod client;
+mod config;
+mod event_loop;
+mod metrics;
+
+use std::collections::HashSet;
+
+use futures::Stream;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+
+pub use behaviour::{BuildError, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+pub use client::{Client, Connection, Device, NetError, Published};
+pub use config::{
+    Config, ConnectionLimits, RelayLimits, RelayReservation, Role, Timers, TransportKind,
+};
+pub use event_loop::{Event, EventLoop};
+pub use libp2p::{Multiaddr, PeerId};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The swarm could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A listen address could not be used.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds a node from `config`. Spawn the returned [`EventLoop`]'s
+/// [`EventLoop::run`] on a Tokio runtime; use the [`Client`] to drive it and
+/// read the event stream to follow it. Pass a registry to export metrics.
+pub fn new(
+    config: Config,
+    registry: Option<&mut Registry>,
+) -> Result<
+    (
+        Client,
+        impl Stream<Item = Event> + Send + Unpin + 'static,
+        EventLoop,
+    ),
+    StartError,
+> {
+    let (metrics, registry) = match registry {
+        Some(registry) => (Some(metrics::NetMetrics::new(registry)), Some(registry)),
+        None => (None, None),
+    };
+    let mut swarm = behaviour::build_swarm(&config, registry)?;
+    let mut pending = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        pending.insert(id);
+    }
+    for addr in &config.external {
+        swarm.add_external_address(addr.clone());
+    }
+    let capacity = config.queue_capacity.max(1);
+    let (command_tx, command_rx) = mpsc::channel(capacity);
+    let (event_tx, event_rx) = mpsc::channel(capacity);
+    let client = Client {
+        commands: command_tx,
+        peer_id: *swarm.local_peer_id(),
+    };
+    let event_loop = EventLoop::new(swarm, config, command_rx, event_tx, metrics, pending);
+    Ok((client, tokio_stream_from(event_rx), event_loop))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + Unpin + 'static {
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}

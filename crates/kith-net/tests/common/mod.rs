@@ -1,0 +1,166 @@
+//! Helpers for in-process networks over libp2p's memory transport.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kith_net::{Client, Config, Event, Multiaddr, PeerId, Role, TransportKind};
+use kith_proto::presence::{PresenceKeys, PresenceShare};
+use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// One running node or client.
+pub struct Peer {
+    pub client: Client,
+    pub events: mpsc::Receiver<Event>,
+    pub task: JoinHandle<()>,
+    pub addr: Multiaddr,
+    pub account: Option<AccountKeypair>,
+}
+
+impl Peer {
+    pub fn peer_id(&self) -> PeerId {
+        self.client.peer_id()
+    }
+
+    /// The address to reach it at, ending in `/p2p/<peer id>`.
+    pub fn p2p_addr(&self) -> Multiaddr {
+        self.addr
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(self.peer_id()))
+    }
+
+    pub fn share(&self) -> PresenceShare {
+        PresenceKeys::derive(self.account.as_ref().expect("a client")).share()
+    }
+
+    pub fn kith_id(&self) -> KithId {
+        KithId::new(
+            self.account.as_ref().expect("a client").public(),
+            Nospam([1, 2, 3, 4]),
+        )
+    }
+
+    /// Stops the node: aborts its event loop, closing all its connections.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+
+    /// Waits for the first event `pick` accepts.
+    pub async fn wait_event<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        within(Duration::from_secs(30), async {
+            loop {
+                let event = self.events.recv().await.expect("event stream open");
+                if let Some(found) = pick(&event) {
+                    return found;
+                }
+            }
+        })
+        .await
+    }
+}
+
+pub fn memory_config(role: Role, bootstrap: Vec<Multiaddr>) -> (Config, Option<AccountKeypair>) {
+    let mut config = Config::new(DeviceKeypair::generate(), role);
+    config.transport = TransportKind::Memory;
+    config.listen = vec!["/memory/0".parse().expect("valid")];
+    config.bootstrap = bootstrap;
+    config.timers.kad_query_timeout = Duration::from_secs(10);
+    let account = (role == Role::Client).then(AccountKeypair::generate);
+    config.presence = account.as_ref().map(PresenceKeys::derive);
+    (config, account)
+}
+
+pub async fn start(config: Config, account: Option<AccountKeypair>) -> Peer {
+    let (client, mut stream, event_loop) = kith_net::new(config, None).expect("node starts");
+    let task = tokio::spawn(event_loop.run());
+    // Forward the stream into a queue the test can read with a timeout.
+    let (tx, events) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            let _ = tx.try_send(event);
+        }
+    });
+    let addr = client
+        .listen_addrs()
+        .await
+        .expect("listening")
+        .into_iter()
+        .next()
+        .expect("one address");
+    Peer {
+        client,
+        events,
+        task,
+        addr,
+        account,
+    }
+}
+
+/// Runs `future`, failing the test if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .expect("timed out")
+}
+
+/// Polls `check` every 50 ms until it returns true, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `nodes` DHT nodes, the first being everyone's bootstrap, and
+/// waits until each knows at least `min(nodes - 1, 4)` others.
+pub async fn start_nodes(nodes: usize) -> Vec<Peer> {
+    let mut out: Vec<Peer> = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let bootstrap = if i == 0 {
+            Vec::new()
+        } else {
+            vec![out[0].p2p_addr()]
+        };
+        let (config, account) = memory_config(Role::Node, bootstrap);
+        out.push(start(config, account).await);
+    }
+    let want = nodes.saturating_sub(1).min(4);
+    for node in &out[1..] {
+        let client = node.client.clone();
+        eventually(Duration::from_secs(30), "node routing tables", || {
+            let client = client.clone();
+            async move { client.routing_table_size().await.unwrap_or(0) >= want }
+        })
+        .await;
+    }
+    out
+}
+
+/// Starts a client bootstrapping from `bootstrap` and waits until its
+/// presence is stored in the DHT.
+pub async fn start_client(bootstrap: Vec<Multiaddr>) -> Peer {
+    let (config, account) = memory_config(Role::Client, bootstrap);
+    let peer = start(config, account).await;
+    let client = peer.client.clone();
+    eventually(Duration::from_secs(30), "presence publication", || {
+        let client = client.clone();
+        async move { client.publish_presence().await.is_ok() }
+    })
+    .await;
+    peer
+}

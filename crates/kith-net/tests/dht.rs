@@ -1,0 +1,172 @@
+//! In-process networks over the memory transport: finding friends'
+//! devices through the DHT, with churn, and what DHT nodes store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Peer, eventually, start_client, start_nodes, within};
+use kith_net::Event;
+use rand::seq::SliceRandom;
+
+/// Looks `target` up from `from` and connects to it.
+async fn find_and_connect(from: &Peer, target: &Peer) {
+    let devices = within(
+        Duration::from_secs(30),
+        from.client.find_devices(&target.share()),
+    )
+    .await
+    .expect("lookup succeeds");
+    assert_eq!(devices.len(), 1, "one device per account");
+    assert_eq!(devices[0].peer_id, target.peer_id());
+    assert!(!devices[0].addresses.is_empty());
+    let connections = within(
+        Duration::from_secs(30),
+        from.client.connect_friend(&target.share()),
+    )
+    .await
+    .expect("connects");
+    assert_eq!(connections[0].peer_id, target.peer_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_nodes_find_friends_before_and_after_a_fifth_leave() {
+    // 10 DHT nodes and 20 clients: 30 in all.
+    let mut nodes = start_nodes(10).await;
+    let bootstrap = vec![nodes[0].p2p_addr(), nodes[1].p2p_addr()];
+    let mut clients = Vec::with_capacity(20);
+    for _ in 0..20 {
+        clients.push(start_client(bootstrap.clone()).await);
+    }
+
+    // Ten random clients each find another client's device and connect.
+    let mut rng = rand::rng();
+    let mut order: Vec<usize> = (0..clients.len()).collect();
+    order.shuffle(&mut rng);
+    for pair in order.chunks(2) {
+        find_and_connect(&clients[pair[0]], &clients[pair[1]]).await;
+    }
+
+    // A fifth of the network leaves: 2 DHT nodes (not the bootstraps) and 4
+    // clients.
+    for _ in 0..2 {
+        nodes.pop().expect("node").stop();
+    }
+    clients.shuffle(&mut rng);
+    for _ in 0..4 {
+        clients.pop().expect("client").stop();
+    }
+
+    // Lookups among the remaining clients still succeed.
+    let mut order: Vec<usize> = (0..clients.len()).collect();
+    order.shuffle(&mut rng);
+    for pair in order.chunks(2).take(5) {
+        find_and_connect(&clients[pair[0]], &clients[pair[1]]).await;
+        find_and_connect(&clients[pair[1]], &clients[pair[0]]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_presence_reveals_neither_account_key_nor_kith_id() {
+    let nodes = start_nodes(3).await;
+    let bootstrap = vec![nodes[0].p2p_addr()];
+    let alice = start_client(bootstrap.clone()).await;
+    let bob = start_client(bootstrap).await;
+
+    let mut stored = 0;
+    for node in &nodes {
+        for (key, value) in node.client.stored_records().await.expect("records") {
+            stored += 1;
+            for client in [&alice, &bob] {
+                let account = client.account.as_ref().expect("client").public().to_bytes();
+                let id = client.kith_id();
+                let share = client.share();
+                for (what, secret) in [
+                    ("account key", account.to_vec()),
+                    (
+                        "account X25519 key",
+                        client
+                            .account
+                            .as_ref()
+                            .expect("client")
+                            .public()
+                            .to_x25519()
+                            .to_bytes()
+                            .to_vec(),
+                    ),
+                    ("Kith ID", id.to_bytes().to_vec()),
+                    ("Kith ID account bytes", id.to_bytes()[1..33].to_vec()),
+                    ("Kith ID text", id.to_text().into_bytes()),
+                    ("content key", share.content_key.to_vec()),
+                ] {
+                    assert!(
+                        !contains(&key, &secret) && !contains(&value, &secret),
+                        "a DHT node stored the {what}"
+                    );
+                }
+                // The contents are sealed: the device's own addresses do not
+                // appear in the clear either.
+                assert!(!contains(&value, &client.addr.to_vec()));
+            }
+        }
+    }
+    assert!(stored >= 2, "both records are stored ({stored})");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republishing_keeps_one_entry_per_device_with_the_newest_sequence() {
+    let nodes = start_nodes(2).await;
+    let alice = start_client(vec![nodes[0].p2p_addr()]).await;
+    let bob = start_client(vec![nodes[0].p2p_addr()]).await;
+    let first = bob
+        .client
+        .find_devices(&alice.share())
+        .await
+        .expect("found");
+    let published = alice.client.publish_presence().await.expect("republished");
+    assert!(published.seq > first[0].seq);
+    let client = bob.client.clone();
+    let share = alice.share();
+    eventually(Duration::from_secs(10), "newer entry visible", || {
+        let client = client.clone();
+        let share = share.clone();
+        async move {
+            client
+                .find_devices(&share)
+                .await
+                .is_ok_and(|d| d.len() == 1 && d[0].seq == published.seq)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_for_someone_absent_says_not_found() {
+    let nodes = start_nodes(3).await;
+    let alice = start_client(vec![nodes[0].p2p_addr()]).await;
+    let stranger =
+        kith_proto::presence::PresenceKeys::derive(&kith_proto::AccountKeypair::generate());
+    let result = within(
+        Duration::from_secs(30),
+        alice.client.find_devices(&stranger.share()),
+    )
+    .await;
+    assert_eq!(result, Err(kith_net::NetError::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_report_records_they_store() {
+    let mut nodes = start_nodes(2).await;
+    let _alice = start_client(vec![nodes[0].p2p_addr()]).await;
+    let from = nodes[0]
+        .wait_event(|e| match e {
+            Event::RecordStored { from } => Some(*from),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, _alice.peer_id());
+}
