@@ -1,0 +1,188 @@
+//! A hostile peer — a bare libp2p Kademlia swarm speaking Kith's DHT
+//! protocol — pushes bad presence records straight at a DHT node, which must
+//! refuse each with the right reason and keep what it had.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Peer, eventually, start_client, start_nodes, within};
+use futures::StreamExt;
+use kith_net::{Event, KAD_PROTOCOL};
+use kith_proto::AccountKeypair;
+use kith_proto::presence::{PresenceContents, PresenceKeys, PresenceRecord};
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Swarm, SwarmBuilder, Transport, noise, yamux};
+
+type Attacker = Swarm<kad::Behaviour<MemoryStore>>;
+
+fn attacker() -> Attacker {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
+        .expect("transport")
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut config = kad::Config::new(KAD_PROTOCOL);
+            config.set_max_packet_size(64 * 1024);
+            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), config);
+            kad.set_mode(Some(kad::Mode::Client));
+            kad
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Sends `value` under `key` to `node` and waits for the put to finish.
+async fn push(attacker: &mut Attacker, node: &Peer, key: &[u8], value: Vec<u8>) {
+    attacker
+        .behaviour_mut()
+        .add_address(&node.peer_id(), node.addr.clone());
+    let record = kad::Record::new(kad::RecordKey::new(&key), value);
+    let id = attacker.behaviour_mut().put_record_to(
+        record,
+        std::iter::once(node.peer_id()),
+        kad::Quorum::One,
+    );
+    within(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                id: done, step, ..
+            }) = attacker.select_next_some().await
+                && done == id
+                && step.last
+            {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+async fn refusal(node: &mut Peer) -> &'static str {
+    node.wait_event(|e| match e {
+        Event::RecordRefused { reason, .. } => Some(*reason),
+        _ => None,
+    })
+    .await
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn entry_contents(attacker: &Attacker) -> PresenceContents {
+    PresenceContents {
+        peer_id: attacker.local_peer_id().to_bytes(),
+        addresses: Vec::new(),
+        prekeys: Vec::new(),
+    }
+}
+
+async fn stored_value(node: &Peer, key: &[u8]) -> Option<Vec<u8>> {
+    node.client
+        .stored_records()
+        .await
+        .expect("records")
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_refused_each_for_its_reason() {
+    let mut nodes = start_nodes(1).await;
+    let alice = start_client(vec![nodes[0].p2p_addr()]).await;
+    let share = alice.share();
+    let key = share.record_key();
+    let node = &mut nodes[0];
+    let before = stored_value(node, &key)
+        .await
+        .expect("alice's record stored");
+    let mut attacker = attacker();
+
+    // Forged: alice's record with its sequence raised, signature untouched.
+    let mut forged = PresenceRecord::decode(&before).expect("decodes");
+    forged.entries[0].seq += 1;
+    push(&mut attacker, node, &key, forged.encode()).await;
+    assert_eq!(refusal(node).await, "bad_signature");
+
+    // Oversized.
+    push(&mut attacker, node, &key, vec![1u8; 20 * 1024]).await;
+    assert_eq!(refusal(node).await, "too_large");
+
+    // Filed under someone else's key.
+    let mallory = PresenceKeys::derive(&AccountKeypair::generate());
+    let theirs = mallory.record(
+        mallory
+            .entry(&entry_contents(&attacker), 1, now() + 600)
+            .expect("entry"),
+    );
+    push(&mut attacker, node, &key, theirs.encode()).await;
+    assert_eq!(refusal(node).await, "wrong_key");
+
+    // Validly signed but already expired.
+    let expired = mallory.record(
+        mallory
+            .entry(&entry_contents(&attacker), 1, now() - 5)
+            .expect("entry"),
+    );
+    let mallory_key = mallory.share().record_key();
+    push(&mut attacker, node, &mallory_key, expired.encode()).await;
+    assert_eq!(refusal(node).await, "expired");
+
+    // Claiming to live far longer than allowed.
+    let far = mallory.record(
+        mallory
+            .entry(&entry_contents(&attacker), 1, now() + 30 * 24 * 3600)
+            .expect("entry"),
+    );
+    push(&mut attacker, node, &mallory_key, far.encode()).await;
+    assert_eq!(refusal(node).await, "expiry_too_far");
+    assert_eq!(stored_value(node, &mallory_key).await, None);
+
+    // Alice's record is untouched by all of that.
+    assert_eq!(stored_value(node, &key).await.as_deref(), Some(&before[..]));
+
+    // Older sequence: alice republishes, then the attacker replays the
+    // record captured before.
+    let newer = alice.client.publish_presence().await.expect("republished");
+    let client = node.client.clone();
+    eventually(Duration::from_secs(10), "newer record stored", || {
+        let client = client.clone();
+        let key = key.to_vec();
+        let before = before.clone();
+        async move {
+            client
+                .stored_records()
+                .await
+                .is_ok_and(|r| r.iter().any(|(k, v)| *k == key && *v != before))
+        }
+    })
+    .await;
+    push(&mut attacker, node, &key, before.clone()).await;
+    assert_eq!(refusal(node).await, "stale");
+    let stored =
+        PresenceRecord::decode(&stored_value(node, &key).await.expect("stored")).expect("decodes");
+    assert_eq!(stored.entries[0].seq, newer.seq);
+
+    // A friend's lookup still finds the newest entry.
+    let bob = start_client(vec![node.p2p_addr()]).await;
+    let devices = bob.client.find_devices(&share).await.expect("found");
+    assert_eq!(devices[0].seq, newer.seq);
+    assert_eq!(devices[0].peer_id, alice.peer_id());
+}
