@@ -12,18 +12,17 @@
 //! "KITH-IDENTITY\n" (14) | version (1) | postcard { account secret [32], nospam [4], device key (libp2p protobuf) }
 //! ```
 //!
-//! It is written 0600, atomically and only if absent (written to a
-//! temporary file, synced, then hard-linked into place), so a crash or a
-//! second `kith id new` never leaves a half-written or replaced key.
+//! It is written with `kith_store::private`: 0600, atomically and only if
+//! absent, so a crash or a second `kith id new` never leaves a half-written
+//! or replaced key.
 //!
 //! The messenger engine's store (issue 4, `kith-store`) takes over the
 //! profile folder and adds the passphrase lock; this file format stays.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam};
+use kith_store::private::{self, PrivateFileError};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -68,13 +67,8 @@ pub enum ProfileError {
         id: String,
     },
     /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// What was being accessed.
-        path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] PrivateFileError),
     /// The identity file exists but is not one Kith wrote.
     #[error("{}: not a valid Kith identity file ({reason}); it was left untouched", path.display())]
     Corrupt {
@@ -91,13 +85,6 @@ pub enum ProfileError {
         /// Its format version.
         found: u8,
     },
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError + '_ {
-    move |source| ProfileError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The identity of a profile: who the person is and which device this is.
@@ -188,28 +175,21 @@ impl Profile {
     /// Reads the profile's identity.
     pub fn load_identity(&self) -> Result<Identity, ProfileError> {
         let path = self.identity_path();
-        let file = match fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let bytes = Zeroizing::new(match private::read_limited(&path, MAX_IDENTITY_FILE) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => {
                 return Err(ProfileError::NoIdentity {
                     profile: self.name.clone(),
                 });
             }
-            Err(e) => return Err(io_error(&path)(e)),
-        };
-        let len = file.metadata().map_err(io_error(&path))?.len();
-        if len > MAX_IDENTITY_FILE {
-            return Err(ProfileError::Corrupt {
-                path,
-                reason: format!("{len} bytes is far too large"),
-            });
-        }
-        let mut bytes = Zeroizing::new(Vec::new());
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(file, MAX_IDENTITY_FILE),
-            &mut bytes,
-        )
-        .map_err(io_error(&path))?;
+            Err(PrivateFileError::TooLarge { found, .. }) => {
+                return Err(ProfileError::Corrupt {
+                    path,
+                    reason: format!("{found} bytes is far too large"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        });
         decode_identity(&bytes).map_err(|e| match e {
             DecodeIdentity::Newer(found) => ProfileError::NewerFormat {
                 path: path.clone(),
@@ -235,27 +215,16 @@ impl Profile {
             Err(ProfileError::NoIdentity { .. }) => {}
             Err(other) => return Err(other),
         }
-        create_private_dir(&self.dir)?;
+        private::create_dir(&self.dir)?;
         let bytes = encode_identity(identity)?;
-        let path = self.identity_path();
-        let temp = self
-            .dir
-            .join(format!(".{IDENTITY_FILE}.{}.tmp", std::process::id()));
-        write_private(&temp, &bytes)?;
-        // A hard link fails if the target exists, so a concurrent
-        // `kith id new` cannot replace a key that was just written.
-        let linked = fs::hard_link(&temp, &path);
-        let _ = fs::remove_file(&temp);
-        match linked {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let existing = self.load_identity()?;
-                Err(ProfileError::AlreadyExists {
-                    profile: self.name.clone(),
-                    id: existing.kith_id().to_string(),
-                })
-            }
-            Err(e) => Err(io_error(&path)(e)),
+        match private::create_new(&self.identity_path(), &bytes) {
+            Ok(()) => Ok(()),
+            // Another process created it in the meantime: report theirs.
+            Err(PrivateFileError::AlreadyExists { .. }) => Err(ProfileError::AlreadyExists {
+                profile: self.name.clone(),
+                id: self.load_identity()?.kith_id().to_string(),
+            }),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -320,37 +289,10 @@ fn decode_identity(bytes: &[u8]) -> Result<Identity, DecodeIdentity> {
     })
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), ProfileError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(io_error(dir))
-}
-
-/// Writes a new file readable only by its owner, and syncs it to disk.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProfileError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(bytes).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ProfileError> {
-    #[cfg(unix)]
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

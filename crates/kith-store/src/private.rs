@@ -1,0 +1,193 @@
+//! Files and folders for secrets.
+//!
+//! Folders are created 0700 and files 0600 on Unix. A new file is written to
+//! a temporary name in the same folder, synced, then hard-linked to its
+//! final name — which fails if the name exists — and the folder is synced.
+//! So after a crash the file is either absent or complete, and two processes
+//! racing to create the same key cannot replace each other's.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Why a private file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrivateFileError {
+    /// The file already exists; nothing was written.
+    #[error("{} already exists", path.display())]
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is larger than the caller allows; it was not read.
+    #[error("{}: {found} bytes is larger than the {max} allowed", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// An I/O error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// What was being accessed.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+impl PrivateFileError {
+    /// True when the file or folder does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrivateFileError + '_ {
+    move |source| PrivateFileError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` and its parents; new folders are readable by the owner
+/// only.
+pub fn create_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io(dir))
+}
+
+/// Atomically creates `path` holding `bytes`, readable by the owner only;
+/// fails with [`PrivateFileError::AlreadyExists`] if it exists.
+pub fn create_new(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&temp);
+    let written = write_synced(&temp, bytes);
+    let linked = written.and_then(|()| fs::hard_link(&temp, path).map_err(io(path)));
+    let _ = fs::remove_file(&temp);
+    match linked {
+        Ok(()) => sync_dir(dir),
+        Err(PrivateFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            Err(PrivateFileError::AlreadyExists {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a whole file of at most `max` bytes, refusing larger ones unread.
+pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, PrivateFileError> {
+    let file = fs::File::open(path).map_err(io(path))?;
+    let found = file.metadata().map_err(io(path))?.len();
+    if found > max {
+        return Err(PrivateFileError::TooLarge {
+            path: path.to_owned(),
+            found,
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(found).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    if bytes.len() as u64 > max {
+        return Err(PrivateFileError::TooLarge {
+            path: path.to_owned(),
+            found: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    #[cfg(unix)]
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        create_new(&path, b"first").unwrap();
+        assert!(matches!(
+            create_new(&path, b"second"),
+            Err(PrivateFileError::AlreadyExists { .. })
+        ));
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_and_folders_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("a/b");
+        create_dir(&dir).unwrap();
+        let path = dir.join("k");
+        create_new(&path, b"x").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![0u8; 100]).unwrap();
+        assert_eq!(read_limited(&path, 100).unwrap().len(), 100);
+        assert!(matches!(
+            read_limited(&path, 99),
+            Err(PrivateFileError::TooLarge {
+                found: 100,
+                max: 99,
+                ..
+            })
+        ));
+        assert!(
+            read_limited(&dir.path().join("missing"), 1)
+                .unwrap_err()
+                .is_not_found()
+        );
+    }
+}
