@@ -43,6 +43,7 @@ pub use config::{
     Config, ConnectionLimits, RelayLimits, RelayReservation, Role, Timers, TransportKind,
 };
 pub use event_loop::{Event, EventLoop};
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 
 /// Why a node could not start.
