@@ -170,3 +170,31 @@ async fn nodes_report_records_they_store() {
         .await;
     assert_eq!(from, _alice.peer_id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_republished_on_its_timer_with_rising_sequence() {
+    let nodes = start_nodes(2).await;
+    let (mut config, account) =
+        common::memory_config(kith_net::Role::Client, vec![nodes[0].p2p_addr()]);
+    config.timers.presence_republish = Duration::from_millis(300);
+    let mut alice = common::start(config, account).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let seq = alice
+            .wait_event(|e| match e {
+                Event::PresencePublished { seq } => Some(*seq),
+                _ => None,
+            })
+            .await;
+        seen.push(seq);
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    // A friend sees the latest.
+    let bob = start_client(vec![nodes[0].p2p_addr()]).await;
+    let devices = bob
+        .client
+        .find_devices(&alice.share())
+        .await
+        .expect("found");
+    assert!(devices[0].seq >= seen[2]);
+}

@@ -341,6 +341,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let example = include_str!("../../../packaging/kithd.toml");
+        let file: FileConfig = toml::from_str(example).unwrap();
+        let config = NodeConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/kithd"));
+        assert_eq!(config.relay, RelayLimits::default());
+        assert_eq!(config.listen.len(), 2);
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let unknown = toml::from_str::<FileConfig>("listn = []");
         assert!(unknown.unwrap_err().to_string().contains("listn"));

@@ -1,0 +1,59 @@
+//! `kith-bench SCENARIO [options]`: parses the command line, runs the
+//! scenario, prints JSON lines.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use kith_bench::{connect, emit, percentile, proc};
+
+/// Kith benchmarks; one JSON object per metric on standard output.
+#[derive(Debug, Parser)]
+#[command(name = "kith-bench", version, about)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Two fresh clients and one kithd on loopback: time until each has
+    /// found and connected to the other.
+    Connect {
+        /// How many runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The kithd binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kithd: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut out = std::io::stdout().lock();
+    match args.scenario {
+        Scenario::Connect { runs, kithd } => {
+            anyhow::ensure!(runs > 0, "--runs must be at least 1");
+            let binary = proc::kithd_binary(kithd)?;
+            let result = runtime.block_on(connect::run(&binary, runs))?;
+            let samples = &result.samples_ms;
+            for (metric, p) in [("p50_ms", 50.0), ("p99_ms", 99.0)] {
+                if let Some(value) = percentile(samples, p) {
+                    emit(&mut out, "connect", metric, value)?;
+                }
+            }
+            emit(
+                &mut out,
+                "connect",
+                "kithd_idle_rss_kb",
+                result.kithd_idle_rss_kb as f64,
+            )?;
+            emit(&mut out, "connect", "runs", samples.len() as f64)?;
+        }
+    }
+    Ok(())
+}
