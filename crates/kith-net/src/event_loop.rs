@@ -180,6 +180,7 @@ pub struct EventLoop {
     relays: HashMap<PeerId, ListenerId>,
     relay_capable: HashSet<PeerId>,
     pending_listeners: HashSet<ListenerId>,
+    listeners: HashSet<ListenerId>,
     listen_waiters: Vec<Reply<Vec<Multiaddr>>>,
 }
 
@@ -290,6 +291,7 @@ impl EventLoop {
             kad_bootstrap_backoff: Backoff::new(Duration::from_secs(1), timers_kad_bootstrap),
             relays: HashMap::new(),
             relay_capable: HashSet::new(),
+            listeners: pending_listeners.clone(),
             pending_listeners,
             listen_waiters: Vec::new(),
         }
@@ -308,6 +310,11 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = sleep_until(deadline) => self.on_timers(),
             }
+        }
+        // Close listeners explicitly: this frees ports at once (the memory
+        // transport only ever releases a port this way).
+        for listener in self.listeners.drain() {
+            self.swarm.remove_listener(listener);
         }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
     }
@@ -713,6 +720,7 @@ impl EventLoop {
                 ..
             } => {
                 self.pending_listeners.remove(&listener_id);
+                self.listeners.remove(&listener_id);
                 if let Some(relay) = self
                     .relays
                     .iter()
@@ -866,6 +874,7 @@ impl EventLoop {
         match self.swarm.listen_on(circuit) {
             Ok(listener) => {
                 self.relays.insert(relay, listener);
+                self.listeners.insert(listener);
             }
             Err(e) => tracing::debug!(%relay, "could not listen through relay: {e}"),
         }

@@ -50,11 +50,11 @@ async fn thirty_nodes_find_friends_before_and_after_a_fifth_leave() {
     // A fifth of the network leaves: 2 DHT nodes (not the bootstraps) and 4
     // clients.
     for _ in 0..2 {
-        nodes.pop().expect("node").stop();
+        nodes.pop().expect("node").stop().await;
     }
     clients.shuffle(&mut rng);
     for _ in 0..4 {
-        clients.pop().expect("client").stop();
+        clients.pop().expect("client").stop().await;
     }
 
     // Lookups among the remaining clients still succeed.
@@ -197,4 +197,53 @@ async fn presence_is_republished_on_its_timer_with_rising_sequence() {
         .await
         .expect("found");
     assert!(devices[0].seq >= seen[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_redials_its_bootstrap_node_after_losing_it() {
+    // The node listens on a fixed memory port with a fixed key, so it can
+    // come back at the same address as the same peer.
+    let port = 1_000_000_000 + u64::from(rand::random::<u32>());
+    let addr: kith_net::Multiaddr = format!("/memory/{port}").parse().expect("addr");
+    let key = kith_proto::DeviceKeypair::generate();
+    let node_config = || {
+        let mut config = kith_net::Config::new(key.clone(), kith_net::Role::Node);
+        config.transport = kith_net::TransportKind::Memory;
+        config.listen = vec![addr.clone()];
+        config
+    };
+    let node = common::start(node_config(), None).await;
+    let node_id = node.peer_id();
+    let (mut config, account) =
+        common::memory_config(kith_net::Role::Client, vec![node.p2p_addr()]);
+    config.timers.reconnect_min = Duration::from_millis(100);
+    config.timers.reconnect_max = Duration::from_millis(400);
+    let mut client = common::start(config, account).await;
+    client
+        .wait_event(|e| {
+            matches!(e, Event::Connected { peer, .. } if *peer == node_id).then_some(())
+        })
+        .await;
+
+    node.stop().await;
+    let retry_in = client
+        .wait_event(|e| match e {
+            Event::BootstrapLost { peer, retry_in } if *peer == node_id => Some(*retry_in),
+            _ => None,
+        })
+        .await;
+    assert!(
+        retry_in <= Duration::from_millis(100),
+        "first retry is quick: {retry_in:?}"
+    );
+
+    // Let a few redials fail while it is down, then bring it back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let restarted = common::start(node_config(), None).await;
+    assert_eq!(restarted.peer_id(), node_id);
+    client
+        .wait_event(|e| {
+            matches!(e, Event::Connected { peer, .. } if *peer == node_id).then_some(())
+        })
+        .await;
 }

@@ -44,9 +44,13 @@ impl Peer {
         )
     }
 
-    /// Stops the node: aborts its event loop, closing all its connections.
-    pub fn stop(self) {
-        self.task.abort();
+    /// Stops the node as a user quitting would: drops its handle, so the
+    /// event loop closes its listeners and connections and ends.
+    pub async fn stop(self) {
+        drop(self.client);
+        within(Duration::from_secs(10), self.task)
+            .await
+            .expect("event loop ends cleanly");
     }
 
     /// Waits for the first event `pick` accepts.
