@@ -1,11 +1,22 @@
 //! Kith's persistence layer.
 //!
-//! Today it holds [`private`]: how Kith writes files that hold secrets
-//! (account keys, device keys, node keys) — owner-only permissions, fully
-//! synced, created atomically and never over an existing file. The sled-backed
-//! store with its in-memory twin, schema versions and the passphrase lock
-//! arrive with the messenger engine (issue 4) and build on the same helpers.
+//! - [`backend`]: an ordered key-value store of named trees with atomic
+//!   batches, on disk ([`SledBackend`]) or in memory ([`MemoryBackend`], the
+//!   twin tests and benchmarks use);
+//! - [`store`]: the [`Store`] the engine uses on top — schema version and
+//!   migrations, and an optional passphrase lock (Argon2id, values sealed
+//!   with XChaCha20-Poly1305);
+//! - [`private`]: files that hold secrets (account, device and node keys):
+//!   owner-only permissions, fully synced, created atomically and never over
+//!   an existing file.
+//!
+//! Nothing is global: any number of stores can be open in one process.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backend;
 pub mod private;
+pub mod store;
+
+pub use backend::{Backend, BackendError, Direction, Entries, MemoryBackend, Op, SledBackend};
+pub use store::{KdfParams, Migration, OpenError, Passphrase, Store, StoreError};

@@ -1,0 +1,364 @@
+//! Where bytes live: an ordered key-value store of named trees, with atomic
+//! multi-tree batches. [`SledBackend`] keeps them on disk; [`MemoryBackend`]
+//! is its in-memory twin for tests and benchmarks, with the same behaviour.
+//!
+//! Backends see only bytes: sealing values under a passphrase happens a
+//! layer up, in [`crate::Store`].
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// One change in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` in `tree` to `value`.
+    Put {
+        /// The tree.
+        tree: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` from `tree` (no error if absent).
+    Delete {
+        /// The tree.
+        tree: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl Op {
+    fn tree(&self) -> &str {
+        match self {
+            Op::Put { tree, .. } | Op::Delete { tree, .. } => tree,
+        }
+    }
+}
+
+/// Which way a range scan walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ascending keys.
+    Forward,
+    /// Descending keys.
+    Reverse,
+}
+
+/// Key-value pairs returned by a range scan, in scan order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+type Trees = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// A failure of the underlying storage.
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}")]
+pub struct BackendError(pub String);
+
+/// An ordered key-value store of named trees.
+pub trait Backend: Send + Sync + 'static {
+    /// The value at `key` in `tree`.
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Applies every op, all or none.
+    fn apply(&self, ops: &[Op]) -> Result<(), BackendError>;
+
+    /// Up to `limit` entries of `tree` between `from` and `to`, in
+    /// `direction` order.
+    fn range(
+        &self,
+        tree: &str,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Entries, BackendError>;
+
+    /// The names of the trees that hold data.
+    fn trees(&self) -> Result<Vec<String>, BackendError>;
+
+    /// Makes everything applied so far durable (survives a crash or power
+    /// loss).
+    fn flush(&self) -> Result<(), BackendError>;
+}
+
+fn owned(bound: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(b) => Bound::Included(b.to_vec()),
+        Bound::Excluded(b) => Bound::Excluded(b.to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The in-memory twin.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    trees: Mutex<Trees>,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Trees>, BackendError> {
+        self.trees
+            .lock()
+            .map_err(|_| BackendError("memory store poisoned by a panic".into()))
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.lock()?.get(tree).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), BackendError> {
+        let mut trees = self.lock()?;
+        for op in ops {
+            match op {
+                Op::Put { tree, key, value } => {
+                    trees
+                        .entry(tree.clone())
+                        .or_default()
+                        .insert(key.clone(), value.clone());
+                }
+                Op::Delete { tree, key } => {
+                    if let Some(t) = trees.get_mut(tree) {
+                        t.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn range(
+        &self,
+        tree: &str,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Entries, BackendError> {
+        let trees = self.lock()?;
+        let Some(t) = trees.get(tree) else {
+            return Ok(Vec::new());
+        };
+        let range = t.range::<Vec<u8>, _>((owned(from), owned(to)));
+        let pick = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(match direction {
+            Direction::Forward => range.take(limit).map(pick).collect(),
+            Direction::Reverse => range.rev().take(limit).map(pick).collect(),
+        })
+    }
+
+    fn trees(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .lock()?
+            .iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// The on-disk store, in one sled database folder.
+pub struct SledBackend {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledBackend").finish_non_exhaustive()
+    }
+}
+
+fn sled_error(e: impl std::fmt::Display) -> BackendError {
+    BackendError(e.to_string())
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+        crate::private::create_dir(dir).map_err(sled_error)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(8 * 1024 * 1024)
+            .open()
+            .map_err(sled_error)?;
+        Ok(Self { db })
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree, BackendError> {
+        self.db.open_tree(name).map_err(sled_error)
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self
+            .tree(tree)?
+            .get(key)
+            .map_err(sled_error)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), BackendError> {
+        let mut names: Vec<&str> = ops.iter().map(Op::tree).collect();
+        names.sort_unstable();
+        names.dedup();
+        let trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let index = |name: &str| names.binary_search(&name).unwrap_or(0);
+        sled::Transactional::<()>::transaction(trees.as_slice(), |views| {
+            for op in ops {
+                let view = &views[index(op.tree())];
+                match op {
+                    Op::Put { key, value, .. } => {
+                        view.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    Op::Delete { key, .. } => {
+                        view.remove(key.as_slice())?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| BackendError(format!("{e:?}")))
+    }
+
+    fn range(
+        &self,
+        tree: &str,
+        from: Bound<&[u8]>,
+        to: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Entries, BackendError> {
+        let tree = self.tree(tree)?;
+        let range = tree.range::<Vec<u8>, _>((owned(from), owned(to)));
+        let pick = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(sled_error)
+        };
+        match direction {
+            Direction::Forward => range.take(limit).map(pick).collect(),
+            Direction::Reverse => range.rev().take(limit).map(pick).collect(),
+        }
+    }
+
+    fn trees(&self) -> Result<Vec<String>, BackendError> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if name == "__sled__default" {
+                continue;
+            }
+            if !self.tree(&name)?.is_empty() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        self.db.flush().map(|_| ()).map_err(sled_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(tree: &str, key: &[u8], value: &[u8]) -> Op {
+        Op::Put {
+            tree: tree.into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// The same script against both backends must give the same answers.
+    fn exercise(backend: &dyn Backend) {
+        backend
+            .apply(&[
+                put("a", b"k1", b"v1"),
+                put("a", b"k3", b"v3"),
+                put("b", b"x", b"y"),
+            ])
+            .unwrap();
+        backend
+            .apply(&[
+                put("a", b"k2", b"v2"),
+                Op::Delete {
+                    tree: "b".into(),
+                    key: b"x".to_vec(),
+                },
+            ])
+            .unwrap();
+        assert_eq!(backend.get("a", b"k2").unwrap(), Some(b"v2".to_vec()));
+        assert_eq!(backend.get("b", b"x").unwrap(), None);
+        assert_eq!(backend.get("nope", b"x").unwrap(), None);
+        let forward = backend
+            .range(
+                "a",
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Direction::Forward,
+                2,
+            )
+            .unwrap();
+        assert_eq!(
+            forward,
+            vec![
+                (b"k1".to_vec(), b"v1".to_vec()),
+                (b"k2".to_vec(), b"v2".to_vec())
+            ]
+        );
+        let reverse = backend
+            .range(
+                "a",
+                Bound::Unbounded,
+                Bound::Excluded(b"k3"),
+                Direction::Reverse,
+                10,
+            )
+            .unwrap();
+        assert_eq!(
+            reverse
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .collect::<Vec<_>>(),
+            [b"k2", b"k1"]
+        );
+        assert_eq!(backend.trees().unwrap(), vec!["a".to_owned()]);
+        backend.flush().unwrap();
+    }
+
+    #[test]
+    fn memory_backend_behaves() {
+        exercise(&MemoryBackend::new());
+    }
+
+    #[test]
+    fn sled_backend_behaves_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sled = SledBackend::open(&dir.path().join("db")).unwrap();
+            exercise(&sled);
+        }
+        let again = SledBackend::open(&dir.path().join("db")).unwrap();
+        assert_eq!(again.get("a", b"k3").unwrap(), Some(b"v3".to_vec()));
+    }
+}
