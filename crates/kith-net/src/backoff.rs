@@ -16,6 +16,8 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        // A zero step would never grow: redials every millisecond.
+        let min = min.max(Duration::from_millis(10));
         Self {
             min,
             max: max.max(min),
@@ -40,6 +42,13 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_minimum_still_backs_off() {
+        let mut backoff = Backoff::new(Duration::ZERO, Duration::from_secs(1));
+        backoff.next_delay();
+        assert!(backoff.next_delay() >= Duration::from_millis(10));
+    }
 
     #[test]
     fn grows_with_jitter_and_caps() {

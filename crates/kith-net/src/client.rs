@@ -98,7 +98,7 @@ pub(crate) enum Command {
     },
     Connected(Reply<Vec<Connection>>),
     RecordCount(Reply<usize>),
-    RoutingTableSize(Reply<usize>),
+    RoutingTable(Reply<Vec<PeerId>>),
     StoredValues(Reply<Vec<(Vec<u8>, Vec<u8>)>>),
 }
 
@@ -202,9 +202,9 @@ impl Client {
         self.ask(Command::RecordCount).await
     }
 
-    /// Number of peers in this node's Kademlia routing table.
-    pub async fn routing_table_size(&self) -> Result<usize, NetError> {
-        self.ask(Command::RoutingTableSize).await
+    /// The peers in this node's Kademlia routing table.
+    pub async fn routing_table(&self) -> Result<Vec<PeerId>, NetError> {
+        self.ask(Command::RoutingTable).await
     }
 
     /// Every (key, value) this node stores in its DHT record store. For

@@ -174,7 +174,9 @@ pub struct Config {
     pub timers: Timers,
     /// Connection limits.
     pub limits: ConnectionLimits,
-    /// Most presence records a DHT node stores.
+    /// Most presence records this node stores for others (each at most
+    /// 16 KiB): 16,384 on nodes, 1,024 on clients, which serve the DHT only
+    /// when publicly reachable.
     pub max_records: usize,
     /// Capacity of the command and event queues.
     pub queue_capacity: usize,
@@ -196,7 +198,10 @@ impl Config {
             relay_limits: RelayLimits::default(),
             timers: Timers::default(),
             limits: ConnectionLimits::default(),
-            max_records: 65_536,
+            max_records: match role {
+                Role::Node => 16_384,
+                Role::Client => 1_024,
+            },
             queue_capacity: 256,
         }
     }

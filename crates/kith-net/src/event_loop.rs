@@ -154,6 +154,7 @@ struct Publisher {
     retry: Backoff,
     in_flight: Option<(kad::QueryId, u64, usize)>,
     waiters: Vec<Reply<Published>>,
+    published_once: bool,
 }
 
 /// Owns the swarm; run it with [`EventLoop::run`]. It ends when every
@@ -179,6 +180,8 @@ pub struct EventLoop {
     kad_bootstrap_backoff: Backoff,
     relays: HashMap<PeerId, ListenerId>,
     relay_capable: HashSet<PeerId>,
+    relay_retry: Option<Instant>,
+    relay_backoff: Backoff,
     pending_listeners: HashSet<ListenerId>,
     listeners: HashSet<ListenerId>,
     listen_waiters: Vec<Reply<Vec<Multiaddr>>>,
@@ -249,6 +252,7 @@ impl EventLoop {
     ) -> Self {
         let timers = config.timers.clone();
         let timers_kad_bootstrap = timers.kad_bootstrap;
+        let (reconnect_min, reconnect_max) = (timers.reconnect_min, timers.reconnect_max);
         let mut bootstrap = HashMap::new();
         for addr in &config.bootstrap {
             if let Some(peer) = peer_of(addr) {
@@ -269,6 +273,7 @@ impl EventLoop {
             retry: Backoff::new(timers.reconnect_min, timers.reconnect_max),
             in_flight: None,
             waiters: Vec::new(),
+            published_once: false,
         });
         Self {
             swarm,
@@ -291,6 +296,8 @@ impl EventLoop {
             kad_bootstrap_backoff: Backoff::new(Duration::from_secs(1), timers_kad_bootstrap),
             relays: HashMap::new(),
             relay_capable: HashSet::new(),
+            relay_retry: None,
+            relay_backoff: Backoff::new(reconnect_min, reconnect_max),
             listeners: pending_listeners.clone(),
             pending_listeners,
             listen_waiters: Vec::new(),
@@ -337,6 +344,7 @@ impl EventLoop {
         bootstrap
             .chain(publish)
             .chain(self.next_kad_bootstrap)
+            .chain(self.relay_retry)
             .min()
     }
 
@@ -369,6 +377,10 @@ impl EventLoop {
             .is_some_and(|t| t <= now)
         {
             self.publish();
+        }
+        if self.relay_retry.is_some_and(|t| t <= now) {
+            self.relay_retry = None;
+            self.retry_relays();
         }
         if self.next_kad_bootstrap.is_some_and(|t| t <= now) {
             self.next_kad_bootstrap = None;
@@ -468,9 +480,20 @@ impl EventLoop {
                 let count = self.swarm.behaviour_mut().kad.store_mut().records().count();
                 let _ = reply.send(Ok(count));
             }
-            Command::RoutingTableSize(reply) => {
-                let size = self.routing_table_size();
-                let _ = reply.send(Ok(size));
+            Command::RoutingTable(reply) => {
+                let peers = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|bucket| {
+                        bucket
+                            .iter()
+                            .map(|entry| *entry.node.key.preimage())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let _ = reply.send(Ok(peers));
             }
             Command::StoredValues(reply) => {
                 let values = self
@@ -482,6 +505,16 @@ impl EventLoop {
                     .map(|r| (r.key.to_vec(), r.value.clone()))
                     .collect();
                 let _ = reply.send(Ok(values));
+            }
+        }
+    }
+
+    /// Answers callers of `listen_addrs` once no listener is still coming up.
+    fn answer_listen_waiters(&mut self) {
+        if self.pending_listeners.is_empty() && !self.listen_waiters.is_empty() {
+            let addrs = self.listen_addrs();
+            for waiter in self.listen_waiters.drain(..) {
+                let _ = waiter.send(Ok(addrs.clone()));
             }
         }
     }
@@ -534,12 +567,9 @@ impl EventLoop {
             let _ = reply.send(Err(NetError::Busy("dials")));
             return;
         }
-        for addr in &addresses {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
-        }
+        // Friends' addresses are not added to Kademlia: the routing table is
+        // shared with anyone who asks, and these addresses are for friends
+        // only. Identify adds peers that do serve the DHT.
         let opts = DialOpts::peer_id(peer)
             .addresses(addresses)
             .condition(PeerCondition::Always)
@@ -621,17 +651,22 @@ impl EventLoop {
             addresses,
             prekeys: Vec::new(),
         };
-        let count = contents.addresses.len();
-        let entry = match p.keys.entry(&contents, seq, expires) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let error = NetError::Publish(e.to_string());
-                for waiter in p.waiters.drain(..) {
-                    let _ = waiter.send(Err(error.clone()));
+        let mut contents = contents;
+        // Long relay-circuit addresses can overflow the sealed size limit:
+        // drop the least preferred addresses until the entry fits.
+        let entry = loop {
+            match p.keys.entry(&contents, seq, expires) {
+                Ok(entry) => break entry,
+                Err(PresenceError::ContentsTooLarge { .. }) if !contents.addresses.is_empty() => {
+                    contents.addresses.pop();
                 }
-                return;
+                Err(e) => {
+                    self.publish_failed(e.to_string());
+                    return;
+                }
             }
         };
+        let count = contents.addresses.len();
         p.last_seq = seq;
         let record = p.keys.record(entry);
         let key = kad::RecordKey::new(&p.keys.share().record_key());
@@ -673,6 +708,7 @@ impl EventLoop {
             return;
         };
         p.in_flight = None;
+        p.published_once = true;
         p.retry.reset();
         p.next = Some(p.next.map_or(Instant::now() + republish, |t| {
             t.min(Instant::now() + republish)
@@ -704,12 +740,7 @@ impl EventLoop {
                 {
                     self.swarm.add_external_address(address.clone());
                 }
-                if self.pending_listeners.is_empty() {
-                    let addrs = self.listen_addrs();
-                    for waiter in self.listen_waiters.drain(..) {
-                        let _ = waiter.send(Ok(addrs.clone()));
-                    }
-                }
+                self.answer_listen_waiters();
                 self.schedule_publish_soon();
                 self.emit(Event::Listening { address });
             }
@@ -721,6 +752,7 @@ impl EventLoop {
             } => {
                 self.pending_listeners.remove(&listener_id);
                 self.listeners.remove(&listener_id);
+                self.answer_listen_waiters();
                 if let Some(relay) = self
                     .relays
                     .iter()
@@ -729,6 +761,7 @@ impl EventLoop {
                 {
                     tracing::debug!(%relay, ?reason, "relay listener closed");
                     self.relays.remove(&relay);
+                    self.schedule_relay_retry();
                 }
                 self.schedule_publish_soon();
             }
@@ -747,17 +780,7 @@ impl EventLoop {
                 self.schedule_publish_soon();
                 self.emit(Event::ExternalAddress { address });
             }
-            SwarmEvent::ExternalAddrExpired { .. } => {
-                if self.role == Role::Client
-                    && !self.swarm.external_addresses().any(|a| !is_circuit(a))
-                {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .set_mode(Some(kad::Mode::Client));
-                }
-                self.schedule_publish_soon();
-            }
+            SwarmEvent::ExternalAddrExpired { .. } => self.on_direct_address_lost(),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -849,9 +872,47 @@ impl EventLoop {
             if !self.bootstrapped {
                 self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
             }
-            self.schedule_publish_soon();
+            // The first way into the DHT: publish now rather than wait for
+            // the timer. Later connections (idle redials, AutoNAT dial-backs)
+            // change nothing worth republishing.
+            if self.publisher.as_ref().is_some_and(|p| !p.published_once) {
+                self.schedule_publish_soon();
+            }
         }
         self.emit(Event::Connected { peer, relayed });
+    }
+
+    /// After a direct public address went away: back to Kademlia client
+    /// mode if none is left, reserve relays again, republish.
+    fn on_direct_address_lost(&mut self) {
+        if self.role == Role::Client && !self.swarm.external_addresses().any(|a| !is_circuit(a)) {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .set_mode(Some(kad::Mode::Client));
+            self.schedule_relay_retry();
+        }
+        self.schedule_publish_soon();
+    }
+
+    fn schedule_relay_retry(&mut self) {
+        if self.relay_retry.is_none() && self.role == Role::Client {
+            self.relay_retry = Some(Instant::now() + self.relay_backoff.next_delay());
+        }
+    }
+
+    /// Tries a reservation on every connected relay-capable bootstrap node
+    /// that has none.
+    fn retry_relays(&mut self) {
+        let relays: Vec<PeerId> = self
+            .relay_capable
+            .iter()
+            .filter(|p| !self.relays.contains_key(p) && self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for relay in relays {
+            self.maybe_reserve_relay(relay);
+        }
     }
 
     fn maybe_reserve_relay(&mut self, relay: PeerId) {
@@ -916,10 +977,6 @@ impl EventLoop {
                 mdns::Event::Discovered(found) => {
                     let mut peers: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                     for (peer, addr) in found {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer, addr.clone());
                         peers.entry(peer).or_default().push(addr);
                     }
                     for (peer, addrs) in peers {
@@ -938,6 +995,7 @@ impl EventLoop {
             BehaviourEvent::RelayClient(event) => {
                 if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
                     tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                    self.relay_backoff.reset();
                     self.schedule_publish_soon();
                     self.emit(Event::RelayReserved {
                         relay: relay_peer_id,
@@ -963,9 +1021,21 @@ impl EventLoop {
                     }),
                 }
             }
-            BehaviourEvent::AutonatClient(_)
-            | BehaviourEvent::AutonatServer(_)
-            | BehaviourEvent::Limits(_) => {}
+            BehaviourEvent::AutonatClient(event) => {
+                // AutoNAT v2 only ever confirms; when a probe of a confirmed
+                // address fails (the laptop moved behind NAT), take it back.
+                if event.result.is_err()
+                    && self
+                        .swarm
+                        .external_addresses()
+                        .any(|a| *a == event.tested_addr)
+                {
+                    tracing::info!(address = %event.tested_addr, "public address no longer reachable");
+                    self.swarm.remove_external_address(&event.tested_addr);
+                    self.on_direct_address_lost();
+                }
+            }
+            BehaviourEvent::AutonatServer(_) | BehaviourEvent::Limits(_) => {}
         }
     }
 
@@ -1022,9 +1092,7 @@ impl EventLoop {
         });
         match result {
             Ok(merged) => {
-                let lifetime = merged
-                    .earliest_expiry()
-                    .map_or(0, |e| e.saturating_sub(now));
+                let lifetime = merged.latest_expiry().map_or(0, |e| e.saturating_sub(now));
                 let mut stored = kad::Record::new(record.key, merged.encode());
                 stored.expires = Some(std::time::Instant::now() + Duration::from_secs(lifetime));
                 match self.swarm.behaviour_mut().kad.store_mut().put(stored) {
@@ -1040,6 +1108,8 @@ impl EventLoop {
                     }
                 }
             }
+            // Kademlia's replication re-sends what we hold: not a refusal.
+            Err(PresenceError::Duplicate) => {}
             Err(e) => {
                 tracing::debug!(%source, "refused presence record: {e}");
                 self.refused(source, refusal_label(&e));

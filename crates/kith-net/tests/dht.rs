@@ -247,3 +247,24 @@ async fn a_client_redials_its_bootstrap_node_after_losing_it() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_addresses_never_enter_the_shared_routing_table() {
+    // Kademlia hands its routing table to anyone who asks; a friend's
+    // device, learnt from sealed presence, must not end up in it.
+    let nodes = start_nodes(2).await;
+    let alice = start_client(vec![nodes[0].p2p_addr()]).await;
+    let bob = start_client(vec![nodes[0].p2p_addr()]).await;
+    alice
+        .client
+        .connect_friend(&bob.share())
+        .await
+        .expect("connected");
+    for peer in [&alice, &nodes[0], &nodes[1]] {
+        let table = peer.client.routing_table().await.expect("table");
+        assert!(
+            !table.contains(&bob.peer_id()),
+            "bob's device is in a routing table"
+        );
+    }
+}

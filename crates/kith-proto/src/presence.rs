@@ -121,6 +121,10 @@ pub enum PresenceError {
         /// The time of the check.
         now: u64,
     },
+    /// The record holds exactly what is already stored (Kademlia's own
+    /// replication re-sends records); not an attack, nothing to store.
+    #[error("presence record is already stored")]
+    Duplicate,
     /// Nothing in the record is newer than what is already stored.
     #[error("presence record is not newer than the one stored (sequence {incoming} <= {stored})")]
     Stale {
@@ -496,7 +500,9 @@ impl PresenceRecord {
 
     /// Full check of a record received for DHT key `key` at Unix time
     /// `now`: size, version, key, entry count and uniqueness, every
-    /// signature, and every expiry (not past, not beyond [`MAX_TTL_SECS`]).
+    /// signature, and every expiry (none beyond [`MAX_TTL_SECS`]). Entries
+    /// already expired are dropped from the result; a record with none left
+    /// is refused as expired.
     pub fn verify(key: &[u8], bytes: &[u8], now: u64) -> Result<Self, PresenceError> {
         let record = Self::decode(bytes)?;
         if key != record_key_for(&record.presence_key) {
@@ -513,12 +519,6 @@ impl PresenceRecord {
         }
         for entry in &record.entries {
             entry.verify(&verifying, &record.presence_key)?;
-            if entry.expires <= now {
-                return Err(PresenceError::Expired {
-                    expires: entry.expires,
-                    now,
-                });
-            }
             if entry.expires > now.saturating_add(MAX_TTL_SECS) {
                 return Err(PresenceError::ExpiryTooFar {
                     expires: entry.expires,
@@ -526,13 +526,25 @@ impl PresenceRecord {
                 });
             }
         }
+        // Expired entries are dropped, not fatal: one device that went
+        // offline must not take its account's other devices down with it.
+        let mut record = record;
+        let latest = record.entries.iter().map(|e| e.expires).max().unwrap_or(0);
+        record.entries.retain(|e| e.expires > now);
+        if record.entries.is_empty() {
+            return Err(PresenceError::Expired {
+                expires: latest,
+                now,
+            });
+        }
         Ok(record)
     }
 
     /// Merges a verified `incoming` record into the `stored` one (same
     /// presence key), keeping the highest sequence per device and dropping
-    /// expired entries. Refuses with [`PresenceError::Stale`] when
-    /// `incoming` brings nothing newer. With more than [`MAX_DEVICES`]
+    /// expired entries. When `incoming` brings nothing newer it is refused:
+    /// [`PresenceError::Stale`] if it holds an older entry (a replay),
+    /// [`PresenceError::Duplicate`] if it only repeats what is stored. With more than [`MAX_DEVICES`]
     /// devices, the entries that expire soonest are dropped.
     pub fn merge(stored: Option<&Self>, incoming: Self, now: u64) -> Result<Self, PresenceError> {
         let Some(stored) = stored.filter(|s| s.presence_key == incoming.presence_key) else {
@@ -546,11 +558,12 @@ impl PresenceRecord {
             .collect();
         let mut newer = false;
         let mut stale = None;
-        for entry in incoming.entries {
+        for entry in incoming.entries.into_iter().filter(|e| e.expires > now) {
             match by_tag.get(&entry.device_tag) {
-                Some(old) if old.seq >= entry.seq => {
+                Some(old) if old.seq > entry.seq => {
                     stale.get_or_insert((entry.seq, old.seq));
                 }
+                Some(old) if old.seq == entry.seq => {}
                 _ => {
                     newer = true;
                     by_tag.insert(entry.device_tag, entry);
@@ -558,8 +571,10 @@ impl PresenceRecord {
             }
         }
         if !newer {
-            let (incoming, stored) = stale.unwrap_or((0, 0));
-            return Err(PresenceError::Stale { incoming, stored });
+            return Err(match stale {
+                Some((incoming, stored)) => PresenceError::Stale { incoming, stored },
+                None => PresenceError::Duplicate,
+            });
         }
         let mut entries: Vec<PresenceEntry> = by_tag.into_values().collect();
         if entries.len() > MAX_DEVICES {
@@ -572,10 +587,10 @@ impl PresenceRecord {
         })
     }
 
-    /// The soonest expiry among the entries (Unix seconds), for the DHT
-    /// store's own expiry.
-    pub fn earliest_expiry(&self) -> Option<u64> {
-        self.entries.iter().map(|e| e.expires).min()
+    /// The latest expiry among the entries (Unix seconds): the DHT store
+    /// keeps the record until then.
+    pub fn latest_expiry(&self) -> Option<u64> {
+        self.entries.iter().map(|e| e.expires).max()
     }
 }
 
@@ -703,11 +718,12 @@ mod tests {
                 stored: 11
             })
         );
-        // Re-publishing the very same entry is stale too: nothing to store.
-        assert!(matches!(
+        // Re-sending the very same entry (Kademlia replication) is a
+        // duplicate, not a replay.
+        assert_eq!(
             PresenceRecord::merge(Some(&merged), keys.record(laptop_v2), NOW),
-            Err(PresenceError::Stale { .. })
-        ));
+            Err(PresenceError::Duplicate)
+        );
     }
 
     #[test]
@@ -727,7 +743,23 @@ mod tests {
             record = PresenceRecord::merge(Some(&record), keys.record(entry), NOW).unwrap();
         }
         assert_eq!(record.entries.len(), MAX_DEVICES);
-        assert_eq!(record.earliest_expiry(), Some(NOW + 101));
+        assert!(record.entries.iter().all(|e| e.expires >= NOW + 101));
+        assert_eq!(record.latest_expiry(), Some(NOW + 100 + MAX_DEVICES as u64));
+    }
+
+    #[test]
+    fn an_expired_device_does_not_void_its_siblings() {
+        let keys = keys();
+        let key = keys.share().record_key();
+        let gone = keys.entry(&contents(1), 1, NOW + 10).unwrap();
+        let live = keys.entry(&contents(2), 1, NOW + 3600).unwrap();
+        let record = PresenceRecord {
+            presence_key: keys.share().public,
+            entries: vec![gone, live.clone()],
+        };
+        let verified = PresenceRecord::verify(&key, &record.encode(), NOW + 20).unwrap();
+        assert_eq!(verified.entries, vec![live]);
+        assert_eq!(verified.latest_expiry(), Some(NOW + 3600));
     }
 
     #[test]

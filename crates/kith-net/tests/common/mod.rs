@@ -148,7 +148,7 @@ pub async fn start_nodes(nodes: usize) -> Vec<Peer> {
         let client = node.client.clone();
         eventually(Duration::from_secs(30), "node routing tables", || {
             let client = client.clone();
-            async move { client.routing_table_size().await.unwrap_or(0) >= want }
+            async move { client.routing_table().await.map_or(0, |t| t.len()) >= want }
         })
         .await;
     }
