@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use kith_proto::{KithId, KithIdError, qr};
 use serde_json::{Value, json};
 
-use crate::profile::{DEFAULT_PROFILE, Identity, Profile, ProfileError};
+use kith_store::profile::{DEFAULT_PROFILE, Identity, Profile, ProfileError};
 
 /// Kith: a peer-to-peer messenger with no server in the middle.
 #[derive(Debug, Parser)]

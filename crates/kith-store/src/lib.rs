@@ -6,6 +6,8 @@
 //! - [`store`]: the [`Store`] the engine uses on top — schema version and
 //!   migrations, and an optional passphrase lock (Argon2id, values sealed
 //!   with XChaCha20-Poly1305);
+//! - [`profile`]: profile folders (`--profile NAME`, `KITH_HOME`) and the
+//!   identity file in each;
 //! - [`private`]: files that hold secrets (account, device and node keys):
 //!   owner-only permissions, fully synced, created atomically and never over
 //!   an existing file.
@@ -16,6 +18,7 @@
 
 pub mod backend;
 pub mod private;
+pub mod profile;
 pub mod store;
 
 pub use backend::{Backend, BackendError, Direction, Entries, MemoryBackend, Op, SledBackend};

@@ -16,13 +16,12 @@
 //! absent, so a crash or a second `kith id new` never leaves a half-written
 //! or replaced key.
 //!
-//! The messenger engine's store (issue 4, `kith-store`) takes over the
-//! profile folder and adds the passphrase lock; this file format stays.
+//! The engine's database lives beside it in `db/` (see `docs/storage.md`).
 
 use std::path::{Path, PathBuf};
 
+use crate::private::{self, PrivateFileError};
 use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam};
-use kith_store::private::{self, PrivateFileError};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
