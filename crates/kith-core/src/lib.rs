@@ -1,0 +1,12 @@
+//! The Kith messenger engine, used alike by the desktop app, the terminal
+//! client, tests and benchmarks; no GUI code lives here.
+//!
+//! Built so far: [`session`], the end-to-end layer — one Olm double-ratchet
+//! session (vodozemac) per pair of devices, with prekeys small enough for
+//! the presence record and encrypted pickles for the store. The engine
+//! proper (friend requests, messages, receipts, the durable outbox, behind
+//! an async handle and an event stream) is next; see issue 4's notes.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod session;
