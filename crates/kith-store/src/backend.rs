@@ -32,6 +32,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// A put of `value` at `key` in `tree`.
+    pub fn put(tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Op::Put {
+            tree: tree.to_owned(),
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
     fn tree(&self) -> &str {
         match self {
             Op::Put { tree, .. } | Op::Delete { tree, .. } => tree,
@@ -282,11 +291,7 @@ mod tests {
     use super::*;
 
     fn put(tree: &str, key: &[u8], value: &[u8]) -> Op {
-        Op::Put {
-            tree: tree.into(),
-            key: key.to_vec(),
-            value: value.to_vec(),
-        }
+        Op::put(tree, key, value)
     }
 
     /// The same script against both backends must give the same answers.

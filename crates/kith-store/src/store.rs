@@ -217,6 +217,10 @@ impl Cipher {
     }
 }
 
+fn schema_op(version: u32) -> Op {
+    Op::put(META_TREE, SCHEMA_KEY, version.to_be_bytes())
+}
+
 fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(tree.len() + 1 + key.len());
     out.extend_from_slice(tree.as_bytes());
@@ -314,11 +318,7 @@ impl Store {
         };
         match found {
             None => {
-                fresh_ops.push(Op::Put {
-                    tree: META_TREE.into(),
-                    key: SCHEMA_KEY.to_vec(),
-                    value: schema.to_be_bytes().to_vec(),
-                });
+                fresh_ops.push(schema_op(schema));
                 store.backend.apply(&fresh_ops)?;
                 store.backend.flush()?;
             }
@@ -344,11 +344,7 @@ impl Store {
                         source: Box::new(e),
                     })?;
                     version += 1;
-                    ops.push(Op::Put {
-                        tree: META_TREE.into(),
-                        key: SCHEMA_KEY.to_vec(),
-                        value: version.to_be_bytes().to_vec(),
-                    });
+                    ops.push(schema_op(version));
                     store.backend.apply(&ops)?;
                     store.backend.flush()?;
                 }
@@ -549,11 +545,7 @@ mod tests {
     use crate::backend::{MemoryBackend, SledBackend};
 
     fn put(tree: &str, key: &[u8], value: &[u8]) -> Op {
-        Op::Put {
-            tree: tree.into(),
-            key: key.to_vec(),
-            value: value.to_vec(),
-        }
+        Op::put(tree, key, value)
     }
 
     /// Every raw byte the backend holds, for before/after comparisons.
