@@ -20,7 +20,11 @@
 //! presence record has room for one.)
 //!
 //! Accounts and sessions are persisted as vodozemac pickles encrypted with a
-//! 32-byte key the store provides.
+//! 32-byte key the store provides. Forward secrecy holds only for the state
+//! that is kept: an older pickle can still open messages a newer state has
+//! forgotten, so the engine overwrites a session's pickle after every
+//! encrypt and decrypt and never keeps old ones (vodozemac pickles do not
+//! round-trip through postcard; store the encrypted string).
 
 use vodozemac::Curve25519PublicKey;
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
@@ -271,6 +275,21 @@ impl PairSession {
         self.session.session_id()
     }
 
+    /// Whether `message` is a first (pre-key) message of this very session,
+    /// for example one the sender resent or an attacker replayed.
+    ///
+    /// Callers must offer an incoming pre-key message to the sessions they
+    /// already hold with that device and call
+    /// [`DeviceSecrets::accept_session`] only when none owns it: the
+    /// fallback key can be used more than once, so accepting a replayed
+    /// first message would start a second session and reset the ratchet.
+    pub fn owns(&self, message: &[u8]) -> bool {
+        matches!(
+            decode_message(message),
+            Ok(OlmMessage::PreKey(first)) if first.session_id() == self.session.session_id()
+        )
+    }
+
     /// Encrypts one message.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
         let message = self
@@ -381,6 +400,34 @@ mod tests {
             .accept_session(&alice.prekeys().identity, &first)
             .unwrap();
         assert_eq!(plain.as_slice(), b"late");
+    }
+
+    #[test]
+    fn a_replayed_first_message_is_recognised_as_belonging_to_its_session() {
+        let alice = DeviceSecrets::new();
+        let mut bob = DeviceSecrets::new();
+        let mut to_bob = alice.start_session(&bob.prekeys()).unwrap();
+        let first = to_bob.encrypt(b"hello").unwrap();
+        let (mut to_alice, _) = bob
+            .accept_session(&alice.prekeys().identity, &first)
+            .unwrap();
+        // The replay is owned by the existing session, which refuses it (its
+        // key is used up), so no second session is ever created.
+        assert!(to_alice.owns(&first));
+        assert!(matches!(
+            to_alice.decrypt(&first),
+            Err(SessionError::Decrypt(_))
+        ));
+        // A first message of another session, or a normal message, is not.
+        let other = DeviceSecrets::new()
+            .start_session(&bob.prekeys())
+            .unwrap()
+            .encrypt(b"x")
+            .unwrap();
+        assert!(!to_alice.owns(&other));
+        let normal = to_alice.encrypt(b"reply").unwrap();
+        assert!(!to_alice.owns(&normal));
+        assert!(!to_alice.owns(b"junk"));
     }
 
     #[test]
