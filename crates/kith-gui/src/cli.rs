@@ -6,12 +6,13 @@
 //! error with a non-zero exit status.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use kith_proto::{KithId, KithIdError, qr};
 use serde_json::{Value, json};
 
+use kith_store::private::{self, PrivateFileError};
 use kith_store::profile::{DEFAULT_PROFILE, Identity, Profile, ProfileError};
 
 /// Kith: a peer-to-peer messenger with no server in the middle.
@@ -164,7 +165,7 @@ fn run_id(cli: &Cli, command: &IdCommand, out: &mut impl Write) -> Result<(), Cl
         IdCommand::Check { id, image } => {
             let parsed = match (id, image) {
                 (_, Some(path)) => {
-                    let bytes = read_limited(path, qr::MAX_IMAGE_BYTES)?;
+                    let bytes = read_image_file(path)?;
                     qr::read_image(&bytes).map_err(|source| CliError::QrImage {
                         path: path.clone(),
                         source,
@@ -215,16 +216,25 @@ fn write_file(path: &PathBuf, bytes: &[u8]) -> Result<(), CliError> {
     })
 }
 
-fn read_limited(path: &PathBuf, max: usize) -> Result<Vec<u8>, CliError> {
-    let file_error = |source| CliError::File {
-        path: path.clone(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(file_error)?;
-    let mut bytes = Vec::new();
-    // One byte over the limit is enough for the reader to report it.
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut bytes)
-        .map_err(file_error)?;
-    Ok(bytes)
+/// Reads a QR picture through the store's bounded reader; a file over the
+/// limit is refused unread with the QR reader's own error.
+fn read_image_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    let max = u64::try_from(qr::MAX_IMAGE_BYTES).unwrap_or(u64::MAX);
+    private::read_limited(path, max).map_err(|e| match e {
+        PrivateFileError::TooLarge { found, .. } => CliError::QrImage {
+            path: path.to_path_buf(),
+            source: qr::ReadError::FileTooLarge {
+                found: usize::try_from(found).unwrap_or(usize::MAX),
+                max: qr::MAX_IMAGE_BYTES,
+            },
+        },
+        PrivateFileError::Io { source, .. } => CliError::File {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => CliError::File {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }

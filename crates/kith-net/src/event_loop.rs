@@ -18,13 +18,14 @@
 //! it and the merge with what is stored brings something newer.
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kith_proto::presence::{
     MAX_ADDRESS_BYTES, MAX_ADDRESSES, PresenceContents, PresenceError, PresenceKeys,
     PresenceRecord, PresenceShare,
 };
+use kith_proto::wire::Timestamp;
 use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
 use libp2p::kad::store::RecordStore;
@@ -187,22 +188,9 @@ pub struct EventLoop {
     listen_waiters: Vec<Reply<Vec<Multiaddr>>>,
 }
 
-fn unix_now() -> SystemTime {
-    SystemTime::now()
-}
-
+/// Unix seconds, from the same clock reading as wire timestamps.
 fn unix_secs() -> u64 {
-    unix_now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn unix_millis() -> u64 {
-    unix_now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    Timestamp::now().0 / 1000
 }
 
 fn refusal_label(error: &PresenceError) -> &'static str {
@@ -644,7 +632,7 @@ impl EventLoop {
         let Some(p) = self.publisher.as_mut() else {
             return;
         };
-        let seq = unix_millis().max(p.last_seq + 1);
+        let seq = Timestamp::now().0.max(p.last_seq + 1);
         let expires = unix_secs() + ttl.as_secs();
         let contents = PresenceContents {
             peer_id,
