@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{KithId, Nospam};
+use crate::presence::{MAX_PREKEY_BYTES, PresenceShare};
 use crate::random::random_bytes;
 
 /// The wire format version this build reads and writes.
@@ -32,6 +33,10 @@ pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
 pub const MAX_REQUEST_MESSAGE_BYTES: usize = 1024;
 /// Most message IDs one receipt may acknowledge.
 pub const MAX_RECEIPT_IDS: usize = 256;
+/// Most devices one contact card lists.
+pub const MAX_CARD_DEVICES: usize = 8;
+/// Longest device identity (a libp2p PeerId in bytes) in a contact card.
+pub const MAX_PEER_ID_BYTES: usize = 64;
 
 /// A message's random 128-bit identity, the key receivers de-duplicate by.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -81,6 +86,26 @@ impl Timestamp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Lamport(pub u64);
 
+/// One device of an account, as a contact card lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCard {
+    /// The device's network identity (libp2p PeerId bytes).
+    pub peer_id: Vec<u8>,
+    /// Its session prekeys (Olm identity and fallback key).
+    pub prekeys: Vec<u8>,
+}
+
+/// What two accounts give each other when they become friends: how to
+/// find and read each other's presence, and the devices to open end-to-end
+/// sessions with. It travels only inside sealed, signed envelopes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactCard {
+    /// The presence share (public presence key and content key).
+    pub presence: PresenceShare,
+    /// The account's devices (1 to [`MAX_CARD_DEVICES`]).
+    pub devices: Vec<DeviceCard>,
+}
+
 /// A request to become friends, sent to someone whose Kith ID one has.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FriendRequest {
@@ -94,6 +119,50 @@ pub struct FriendRequest {
     /// A short note ("it's Sam from the climbing club").
     pub message: String,
     /// When the requester sent it.
+    pub sent_at: Timestamp,
+    /// How to reach the requester once accepted.
+    pub card: ContactCard,
+}
+
+/// The answer to a friend request: the accepter's name and contact card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendAccept {
+    /// How the accepter would like to be called.
+    pub display_name: String,
+    /// When the accepter accepted.
+    pub sent_at: Timestamp,
+    /// How to reach the accepter.
+    pub card: ContactCard,
+}
+
+/// The sender is typing (or stopped). Never stored or queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing {
+    /// Typing now; `false` when the sender stopped or sent.
+    pub active: bool,
+}
+
+/// Replaces the text of one of the sender's own earlier messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edit {
+    /// This edit's own random identity (receivers de-duplicate by it).
+    pub id: MessageId,
+    /// The message edited.
+    pub target: MessageId,
+    /// When, by the sender's clock; the latest edit wins.
+    pub sent_at: Timestamp,
+    /// The new text.
+    pub body: String,
+}
+
+/// Withdraws one of the sender's own earlier messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delete {
+    /// This deletion's own random identity.
+    pub id: MessageId,
+    /// The message deleted.
+    pub target: MessageId,
+    /// When, by the sender's clock.
     pub sent_at: Timestamp,
 }
 
@@ -140,6 +209,14 @@ pub enum Payload {
     Chat(ChatMessage),
     /// A delivery or read receipt.
     Receipt(Receipt),
+    /// The answer to a friend request.
+    FriendAccept(Box<FriendAccept>),
+    /// A typing indicator.
+    Typing(Typing),
+    /// An edit of an earlier message.
+    Edit(Edit),
+    /// A deletion of an earlier message.
+    Delete(Delete),
 }
 
 /// A field that breaks its limit.
@@ -167,6 +244,24 @@ pub enum FieldError {
     ControlCharacter {
         /// Which field.
         field: &'static str,
+    },
+    /// A contact card lists no devices, or too many.
+    #[error(
+        "a contact card must list between 1 and {MAX_CARD_DEVICES} devices, this lists {found}"
+    )]
+    CardDevices {
+        /// How many it lists.
+        found: usize,
+    },
+    /// A byte field longer than its limit.
+    #[error("{field} is {found} bytes long; the limit is {max}")]
+    FieldTooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        found: usize,
+        /// The limit.
+        max: usize,
     },
     /// A receipt names no messages, or too many.
     #[error("a receipt must name between 1 and {MAX_RECEIPT_IDS} messages, this names {found}")]
@@ -271,7 +366,56 @@ impl FriendRequest {
             MAX_REQUEST_MESSAGE_BYTES,
             true,
             true,
-        )
+        )?;
+        self.card.validate()
+    }
+}
+
+fn check_bytes(field: &'static str, value: &[u8], max: usize) -> Result<(), FieldError> {
+    if value.len() > max {
+        return Err(FieldError::FieldTooLarge {
+            field,
+            found: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl ContactCard {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.devices.is_empty() || self.devices.len() > MAX_CARD_DEVICES {
+            return Err(FieldError::CardDevices {
+                found: self.devices.len(),
+            });
+        }
+        for device in &self.devices {
+            check_bytes("device identity", &device.peer_id, MAX_PEER_ID_BYTES)?;
+            check_bytes("device prekeys", &device.prekeys, MAX_PREKEY_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+impl FriendAccept {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_text(
+            "display name",
+            &self.display_name,
+            MAX_DISPLAY_NAME_BYTES,
+            false,
+            false,
+        )?;
+        self.card.validate()
+    }
+}
+
+impl Edit {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_text("message body", &self.body, MAX_BODY_BYTES, false, true)
     }
 }
 
@@ -301,6 +445,9 @@ impl Payload {
             Payload::FriendRequest(r) => r.validate(),
             Payload::Chat(m) => m.validate(),
             Payload::Receipt(r) => r.validate(),
+            Payload::FriendAccept(a) => a.validate(),
+            Payload::Edit(e) => e.validate(),
+            Payload::Typing(_) | Payload::Delete(_) => Ok(()),
         }
     }
 
@@ -352,6 +499,20 @@ mod tests {
             display_name: "Sam".into(),
             message: "from the climbing club".into(),
             sent_at: Timestamp::now(),
+            card: card(),
+        }
+    }
+
+    fn card() -> ContactCard {
+        ContactCard {
+            presence: PresenceShare {
+                public: [7; 32],
+                content_key: [8; 32],
+            },
+            devices: vec![DeviceCard {
+                peer_id: vec![1; 38],
+                prekeys: vec![2; 65],
+            }],
         }
     }
 
@@ -369,6 +530,23 @@ mod tests {
                 kind: ReceiptKind::Read,
                 ids: vec![MessageId::random(), MessageId::random()],
                 at: Timestamp(1),
+            }),
+            Payload::FriendAccept(Box::new(FriendAccept {
+                display_name: "Bob".into(),
+                sent_at: Timestamp(2),
+                card: card(),
+            })),
+            Payload::Typing(Typing { active: true }),
+            Payload::Edit(Edit {
+                id: MessageId::random(),
+                target: MessageId::random(),
+                sent_at: Timestamp(3),
+                body: "fixed".into(),
+            }),
+            Payload::Delete(Delete {
+                id: MessageId::random(),
+                target: MessageId::random(),
+                sent_at: Timestamp(4),
             }),
         ];
         for payload in payloads {

@@ -8,10 +8,11 @@
 use std::path::PathBuf;
 
 use kith_proto::envelope;
-use kith_proto::presence::{PresenceContents, PresenceKeys, PresenceRecord};
+use kith_proto::presence::{PresenceContents, PresenceKeys, PresenceRecord, PresenceShare};
 use kith_proto::safety::SafetyNumber;
 use kith_proto::wire::{
-    ChatMessage, FriendRequest, Lamport, MessageId, Payload, Receipt, ReceiptKind, Timestamp,
+    ChatMessage, ContactCard, Delete, DeviceCard, Edit, FriendAccept, FriendRequest, Lamport,
+    MessageId, Payload, Receipt, ReceiptKind, Timestamp, Typing,
 };
 use kith_proto::{AccountKeypair, KithId, Nospam};
 
@@ -64,6 +65,19 @@ fn safety_number_v1() {
     assert_eq!(number, committed);
 }
 
+fn sample_card() -> ContactCard {
+    ContactCard {
+        presence: PresenceShare {
+            public: [0x21; 32],
+            content_key: [0x22; 32],
+        },
+        devices: vec![DeviceCard {
+            peer_id: vec![0x23; 38],
+            prekeys: vec![0x24; 65],
+        }],
+    }
+}
+
 fn samples() -> Vec<(&'static str, Payload)> {
     vec![
         (
@@ -74,7 +88,37 @@ fn samples() -> Vec<(&'static str, Payload)> {
                 display_name: "Alice".into(),
                 message: "Hi Bob, it's Alice from the choir.".into(),
                 sent_at: Timestamp(1_795_000_000_000),
+                card: sample_card(),
             })),
+        ),
+        (
+            "wire-v1-friend-accept.hex",
+            Payload::FriendAccept(Box::new(FriendAccept {
+                display_name: "Bob".into(),
+                sent_at: Timestamp(1_795_000_050_000),
+                card: sample_card(),
+            })),
+        ),
+        (
+            "wire-v1-edit.hex",
+            Payload::Edit(Edit {
+                id: MessageId([0x11; 16]),
+                target: MessageId([0x5a; 16]),
+                sent_at: Timestamp(1_795_000_013_000),
+                body: "See you at 8.".into(),
+            }),
+        ),
+        (
+            "wire-v1-delete.hex",
+            Payload::Delete(Delete {
+                id: MessageId([0x12; 16]),
+                target: MessageId([0x5a; 16]),
+                sent_at: Timestamp(1_795_000_014_000),
+            }),
+        ),
+        (
+            "wire-v1-typing.hex",
+            Payload::Typing(Typing { active: true }),
         ),
         (
             "wire-v1-chat.hex",

@@ -2,10 +2,10 @@
 
 use kith_proto::envelope::{self, OpenError};
 use kith_proto::id::KithIdError;
-use kith_proto::presence::PresenceRecord;
+use kith_proto::presence::{PresenceRecord, PresenceShare};
 use kith_proto::wire::{
-    ChatMessage, DecodeError, FriendRequest, Lamport, MAX_BODY_BYTES, MessageId, Payload, Receipt,
-    ReceiptKind, Timestamp,
+    ChatMessage, ContactCard, DecodeError, DeviceCard, FriendRequest, Lamport, MAX_BODY_BYTES,
+    MessageId, Payload, Receipt, ReceiptKind, Timestamp,
 };
 use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam, qr};
 use proptest::prelude::*;
@@ -115,6 +115,10 @@ proptest! {
                 display_name: name,
                 message: text.clone(),
                 sent_at: Timestamp(at),
+                card: ContactCard {
+                    presence: PresenceShare { public: [3; 32], content_key: [4; 32] },
+                    devices: vec![DeviceCard { peer_id: vec![5; 38], prekeys: vec![6; 65] }],
+                },
             })),
             Payload::Chat(ChatMessage {
                 id: MessageId::random(),
