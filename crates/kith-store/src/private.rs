@@ -5,6 +5,11 @@
 //! final name — which fails if the name exists — and the folder is synced.
 //! So after a crash the file is either absent or complete, and two processes
 //! racing to create the same key cannot replace each other's.
+//!
+//! [`replace`] is for the rare deliberate change of such a file (a new
+//! nospam, a new passphrase): the temporary file is renamed over the old one
+//! instead, so after a crash the file is either the old one or the new one,
+//! complete. A temporary file may be left beside it; it is never read.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -90,6 +95,45 @@ pub fn create_new(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
     }
 }
 
+/// Atomically replaces `path` (or creates it) with `bytes`, readable by the
+/// owner only: a temporary file in the same folder is written and synced,
+/// renamed over `path`, and the folder synced. If this fails the old file is
+/// left as it was, or, if only the final folder sync failed, the new file
+/// may already be in place.
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
+    replace_with(path, bytes, |_| Ok(()))
+}
+
+/// [`replace`], calling `before_rename` with the complete temporary file
+/// just before it is renamed over `path` (tests use it to fail or stop
+/// there).
+fn replace_with(
+    path: &Path,
+    bytes: &[u8],
+    before_rename: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), PrivateFileError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A random name, so neither another process nor another thread of this
+    // one can be writing the same temporary file.
+    let suffix: String = kith_proto::random_bytes::<8>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let temp = dir.join(format!(".{name}.{suffix}.tmp"));
+    let renamed = write_synced(&temp, bytes)
+        .and_then(|()| before_rename(&temp).map_err(io(&temp)))
+        .and_then(|()| fs::rename(&temp, path).map_err(io(path)));
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
 /// Reads a whole file of at most `max` bytes, refusing larger ones unread.
 pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, PrivateFileError> {
     let file = fs::File::open(path).map_err(io(path))?;
@@ -168,6 +212,46 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn replace_swaps_the_whole_file_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        replace(&path, b"first").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        replace(&path, b"second, longer").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+
+        // A failure after the new bytes are written leaves the old file and
+        // no temporary.
+        let failed = replace_with(&path, b"third", |temp| {
+            // At this point a crash would leave the old file and a complete
+            // temporary beside it.
+            assert_eq!(fs::read(temp).unwrap(), b"third");
+            assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+            Err(std::io::Error::other("injected"))
+        });
+        assert!(matches!(failed, Err(PrivateFileError::Io { .. })));
+        assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn replace_makes_the_file_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        replace(&path, b"new").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

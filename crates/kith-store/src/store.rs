@@ -18,17 +18,16 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use hmac::digest::KeyInit as MacKeyInit;
 use hmac::{Hmac, Mac};
 use kith_proto::random_bytes;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::backend::{Backend, BackendError, Direction, Entries, Op};
+use crate::seal::{Cipher, DeriveError, NONCE_LEN, SALT_LEN, TAG_LEN};
+pub use crate::seal::{KdfParams, MAX_PASSPHRASE_BYTES, Passphrase};
 
 /// The tree that holds the schema version and the lock record.
 pub const META_TREE: &str = "kith-meta";
@@ -38,52 +37,6 @@ const ID_SECRET_KEY: &[u8] = b"id-secret";
 const VERIFIER: &[u8] = b"kith store passphrase verifier v1";
 const TAG_PLAIN: u8 = 0;
 const TAG_SEALED: u8 = 1;
-/// Longest passphrase accepted, in bytes.
-pub const MAX_PASSPHRASE_BYTES: usize = 1024;
-
-/// Argon2id cost parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KdfParams {
-    /// Memory in KiB.
-    pub memory_kib: u32,
-    /// Passes.
-    pub iterations: u32,
-    /// Lanes.
-    pub parallelism: u32,
-}
-
-impl KdfParams {
-    /// For real profiles: 64 MiB, 3 passes (about half a second here).
-    pub const INTERACTIVE: Self = Self {
-        memory_kib: 64 * 1024,
-        iterations: 3,
-        parallelism: 1,
-    };
-    /// For tests only: fast and weak.
-    pub const TESTING: Self = Self {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
-}
-
-/// A passphrase; wiped from memory when dropped.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Passphrase(String);
-
-impl Passphrase {
-    /// Wraps a passphrase typed by the user.
-    pub fn new(text: impl Into<String>) -> Self {
-        Self(text.into())
-    }
-}
-
-impl std::fmt::Debug for Passphrase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Passphrase(…)")
-    }
-}
-
 /// A step from one schema version to the next.
 pub struct Migration {
     /// The version it upgrades from (to `from + 1`).
@@ -158,63 +111,22 @@ pub enum StoreError {
 
 #[derive(Serialize, Deserialize)]
 struct LockRecord {
-    salt: [u8; 16],
+    salt: [u8; SALT_LEN],
     params: KdfParams,
-    nonce: [u8; 24],
+    nonce: [u8; NONCE_LEN],
     verifier: Vec<u8>,
 }
 
-#[derive(Zeroize, ZeroizeOnDrop)]
-struct Cipher {
-    key: [u8; 32],
-}
-
-impl Cipher {
-    fn derive(
-        passphrase: &Passphrase,
-        salt: &[u8; 16],
-        params: KdfParams,
-    ) -> Result<Self, OpenError> {
-        if passphrase.0.len() > MAX_PASSPHRASE_BYTES {
-            return Err(OpenError::PassphraseTooLong);
-        }
-        let params = Params::new(
-            params.memory_kib,
-            params.iterations,
-            params.parallelism,
-            Some(32),
-        )
-        .map_err(|e| OpenError::Corrupt(format!("argon2 parameters: {e}")))?;
-        let mut key = [0u8; 32];
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password_into(passphrase.0.as_bytes(), salt, &mut key)
-            .map_err(|e| OpenError::Corrupt(format!("argon2: {e}")))?;
-        Ok(Self { key })
-    }
-
-    fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-        let nonce = random_bytes::<24>();
-        let sealed = XChaCha20Poly1305::new(&self.key.into())
-            .encrypt(&XNonce::from(nonce), Payload { msg: plain, aad });
-        let mut out = Vec::with_capacity(1 + 24 + plain.len() + 16);
-        out.push(TAG_SEALED);
-        out.extend_from_slice(&nonce);
-        // Encryption of an in-memory buffer cannot fail for these sizes.
-        out.extend_from_slice(&sealed.unwrap_or_default());
-        out
-    }
-
-    fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < 24 + 16 {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(24);
-        let mut n = [0u8; 24];
-        n.copy_from_slice(nonce);
-        XChaCha20Poly1305::new(&self.key.into())
-            .decrypt(&XNonce::from(n), Payload { msg: body, aad })
-            .ok()
-    }
+fn derive(
+    passphrase: &Passphrase,
+    salt: &[u8; SALT_LEN],
+    params: KdfParams,
+) -> Result<Cipher, OpenError> {
+    Cipher::derive(passphrase, salt, params).map_err(|e| match e {
+        DeriveError::PassphraseTooLong => OpenError::PassphraseTooLong,
+        DeriveError::Params(e) => OpenError::Corrupt(format!("argon2 parameters: {e}")),
+        DeriveError::Argon2(e) => OpenError::Corrupt(format!("argon2: {e}")),
+    })
 }
 
 fn schema_op(version: u32) -> Op {
@@ -260,10 +172,8 @@ impl Store {
                 let lock: LockRecord = postcard::from_bytes(&bytes)
                     .map_err(|e| OpenError::Corrupt(format!("lock record: {e}")))?;
                 let passphrase = passphrase.ok_or(OpenError::Locked)?;
-                let cipher = Cipher::derive(passphrase, &lock.salt, lock.params)?;
-                let mut sealed = lock.nonce.to_vec();
-                sealed.extend_from_slice(&lock.verifier);
-                match cipher.open(&aad(META_TREE, LOCK_KEY), &sealed) {
+                let cipher = derive(passphrase, &lock.salt, lock.params)?;
+                match cipher.open(&lock.nonce, &aad(META_TREE, LOCK_KEY), &lock.verifier) {
                     Some(v) if v == VERIFIER => Some(cipher),
                     _ => return Err(OpenError::WrongPassphrase),
                 }
@@ -285,7 +195,7 @@ impl Store {
                     Some(c) => bytes
                         .split_first()
                         .filter(|(tag, _)| **tag == TAG_SEALED)
-                        .and_then(|(_, b)| c.open(&aad(META_TREE, ID_SECRET_KEY), b)),
+                        .and_then(|(_, b)| c.open_random(&aad(META_TREE, ID_SECRET_KEY), b)),
                     None => bytes
                         .split_first()
                         .filter(|(tag, _)| **tag == TAG_PLAIN)
@@ -376,7 +286,14 @@ impl Store {
 
     fn seal_value(&self, tree: &str, key: &[u8], value: &[u8]) -> Vec<u8> {
         match &self.cipher {
-            Some(cipher) => cipher.seal(&aad(tree, key), value),
+            Some(cipher) => {
+                let sealed = cipher.seal_random(&aad(tree, key), value);
+                let mut out = Vec::with_capacity(1 + NONCE_LEN + value.len() + TAG_LEN);
+                out.push(TAG_SEALED);
+                // Encryption of an in-memory buffer cannot fail for these sizes.
+                out.extend_from_slice(&sealed.unwrap_or_default());
+                out
+            }
             None => {
                 let mut out = Vec::with_capacity(1 + value.len());
                 out.push(TAG_PLAIN);
@@ -391,7 +308,9 @@ impl Store {
         let (&tag, body) = stored.split_first().ok_or_else(damaged)?;
         match (tag, &self.cipher) {
             (TAG_PLAIN, None) => Ok(body.to_vec()),
-            (TAG_SEALED, Some(cipher)) => cipher.open(&aad(tree, key), body).ok_or_else(damaged),
+            (TAG_SEALED, Some(cipher)) => cipher
+                .open_random(&aad(tree, key), body)
+                .ok_or_else(damaged),
             _ => Err(damaged()),
         }
     }
@@ -484,17 +403,17 @@ impl Store {
         }
         let (cipher, lock) = match passphrase {
             Some(passphrase) => {
-                let salt = random_bytes::<16>();
-                let cipher = Cipher::derive(passphrase, &salt, params)?;
-                // tag (1) | nonce (24) | ciphertext
-                let sealed = cipher.seal(&aad(META_TREE, LOCK_KEY), VERIFIER);
-                let mut nonce = [0u8; 24];
-                nonce.copy_from_slice(&sealed[1..25]);
+                let salt = random_bytes::<SALT_LEN>();
+                let cipher = derive(passphrase, &salt, params)?;
+                let nonce = random_bytes::<NONCE_LEN>();
+                let verifier = cipher
+                    .seal(&nonce, &aad(META_TREE, LOCK_KEY), VERIFIER)
+                    .ok_or_else(|| OpenError::Corrupt("sealing the verifier failed".into()))?;
                 let record = LockRecord {
                     salt,
                     params,
                     nonce,
-                    verifier: sealed[25..].to_vec(),
+                    verifier,
                 };
                 let bytes = postcard::to_allocvec(&record)
                     .map_err(|e| OpenError::Corrupt(e.to_string()))?;
