@@ -2,7 +2,12 @@
 //!
 //! One behaviour type serves both roles; parts that only one role runs are
 //! `Toggle`d off in the other (relay server and AutoNAT server on nodes,
-//! DCUtR and AutoNAT client on clients, mDNS when asked for).
+//! DCUtR, AutoNAT client and direct messaging on clients, mDNS when asked
+//! for).
+//!
+//! Outbound streams negotiate their protocol lazily (multistream-select
+//! `V1Lazy`): the first bytes of a request travel with the protocol
+//! proposal instead of waiting a round trip for the listener to confirm it.
 
 use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
@@ -10,16 +15,29 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits, dcutr, identify,
-    identity, kad, mdns, noise, ping, relay, tcp, yamux,
+    identity, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
 };
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, Role, TransportKind};
+use crate::message::{Codec, MESSAGE_PROTOCOL};
 
 /// Kith's private Kademlia protocol: never the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/kad/1.0.0");
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/kith/id/1.0.0";
+
+/// Largest value the DHT record store holds: a request drop, the larger of
+/// the two record kinds.
+pub(crate) const MAX_STORED_VALUE_BYTES: usize = {
+    let presence = kith_proto::presence::MAX_RECORD_BYTES;
+    let drop = kith_proto::request_drop::MAX_DROP_RECORD_BYTES;
+    if presence > drop { presence } else { drop }
+};
+
+/// Direct-messaging streams per connection, both directions together; under
+/// Yamux's limit of 512 streams.
+const MESSAGE_STREAMS_PER_CONNECTION: usize = 256;
 
 /// Everything a Kith node speaks.
 #[derive(NetworkBehaviour)]
@@ -34,6 +52,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) messages: Toggle<request_response::Behaviour<Codec>>,
 }
 
 /// Why a swarm could not be built.
@@ -71,13 +90,13 @@ fn behaviour(
         .set_replication_interval(Some(timers.kad_replication))
         .set_periodic_bootstrap_interval(Some(timers.kad_bootstrap))
         .set_query_timeout(timers.kad_query_timeout)
-        .set_max_packet_size(2 * kith_proto::presence::MAX_RECORD_BYTES)
+        .set_max_packet_size(2 * MAX_STORED_VALUE_BYTES)
         .set_caching(kad::Caching::Disabled);
     let store = kad::store::MemoryStore::with_config(
         peer_id,
         kad::store::MemoryStoreConfig {
             max_records: config.max_records,
-            max_value_bytes: kith_proto::presence::MAX_RECORD_BYTES,
+            max_value_bytes: MAX_STORED_VALUE_BYTES,
             max_providers_per_key: 1,
             max_provided_keys: 1,
         },
@@ -136,6 +155,17 @@ fn behaviour(
     let autonat_server = (node && config.transport == TransportKind::Network)
         .then(autonat::v2::server::Behaviour::default);
 
+    // Nodes relay and store, but neither send nor answer messages.
+    let messages = (!node).then(|| {
+        request_response::Behaviour::with_codec(
+            Codec,
+            [(MESSAGE_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(timers.request_timeout)
+                .with_max_concurrent_streams(MESSAGE_STREAMS_PER_CONNECTION),
+        )
+    });
+
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
         relay_client,
@@ -152,6 +182,7 @@ fn behaviour(
         ),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(timers.ping_interval)),
         mdns: mdns.into(),
+        messages: messages.into(),
     })
 }
 
@@ -163,6 +194,10 @@ pub(crate) fn build_swarm(
 ) -> Result<Swarm<Behaviour>, BuildError> {
     let keypair = config.keypair.libp2p().clone();
     let idle = config.timers.idle_connection_timeout;
+    let swarm_config = |c: libp2p::swarm::Config| {
+        c.with_idle_connection_timeout(idle)
+            .with_substream_upgrade_protocol_override(Version::V1Lazy)
+    };
     let transport_error = |e: &dyn std::fmt::Display| BuildError::Transport(e.to_string());
     let swarm = match (config.transport, registry) {
         (TransportKind::Network, registry) => {
@@ -182,12 +217,12 @@ pub(crate) fn build_swarm(
                     .with_bandwidth_metrics(registry)
                     .with_behaviour(|key, relay| behaviour(key, relay, config))
                     .map_err(|e| BuildError::Behaviour(e.to_string()))?
-                    .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                    .with_swarm_config(swarm_config)
                     .build(),
                 None => builder
                     .with_behaviour(|key, relay| behaviour(key, relay, config))
                     .map_err(|e| BuildError::Behaviour(e.to_string()))?
-                    .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                    .with_swarm_config(swarm_config)
                     .build(),
             }
         }
@@ -206,7 +241,7 @@ pub(crate) fn build_swarm(
             .map_err(|e| transport_error(&e))?
             .with_behaviour(|key, relay| behaviour(key, relay, config))
             .map_err(|e| BuildError::Behaviour(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .with_swarm_config(swarm_config)
             .build(),
     };
     Ok(swarm)

@@ -4,9 +4,12 @@
 //! `oneshot` for the reply. When the event loop is gone (every handle
 //! dropped, or the loop stopped) methods return [`NetError::Stopped`].
 
-use kith_proto::presence::PresenceShare;
+use kith_proto::presence::{MAX_PREKEY_BYTES, PresenceShare};
+use kith_proto::request_drop::{DropEntry, DropError};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::message::MAX_REQUEST_BYTES;
 
 /// A device of a friend, as its presence entry describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,29 @@ pub enum NetError {
     /// A multiaddr was not usable.
     #[error("invalid address {0}")]
     InvalidAddress(String),
+    /// A direct request failed: the connection closed before the answer,
+    /// the peer does not speak the protocol or gave no answer, or the
+    /// stream broke.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The peer did not answer a direct request within the request timeout.
+    #[error("the peer did not answer in time")]
+    Timeout,
+    /// A request, response or prekey bundle over its size limit. Refused
+    /// before sending when it is ours; refused unread when it is theirs.
+    #[error("{size} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Bytes given or announced.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A request-drop entry that DHT nodes would refuse.
+    #[error("invalid request drop entry: {0}")]
+    InvalidDrop(DropError),
+    /// The request drop could not be stored on any DHT node.
+    #[error("storing the request drop failed: {0}")]
+    Drop(String),
 }
 
 /// The result of a publication.
@@ -100,6 +126,25 @@ pub(crate) enum Command {
     RecordCount(Reply<usize>),
     RoutingTable(Reply<Vec<PeerId>>),
     StoredValues(Reply<Vec<(Vec<u8>, Vec<u8>)>>),
+    Request {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        data: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    SetPrekeys {
+        prekeys: Vec<u8>,
+        reply: Reply<()>,
+    },
+    DropRequest {
+        key: [u8; 32],
+        entry: DropEntry,
+        reply: Reply<()>,
+    },
+    FetchRequests {
+        key: [u8; 32],
+        reply: Reply<Vec<DropEntry>>,
+    },
 }
 
 /// A handle on a running node. Cheap to clone; the node stops when the last
@@ -205,6 +250,70 @@ impl Client {
     /// The peers in this node's Kademlia routing table.
     pub async fn routing_table(&self) -> Result<Vec<PeerId>, NetError> {
         self.ask(Command::RoutingTable).await
+    }
+
+    /// Sends `data` to `peer` over `/kith/msg/1.0.0` and returns its answer.
+    ///
+    /// Uses an existing connection, or dials `addresses` (direct or relay
+    /// circuit, all at once) first. At most 64 requests to one peer are in
+    /// flight; later ones wait their turn. Fails with
+    /// [`NetError::TooLarge`] at once for more than
+    /// [`crate::MAX_REQUEST_BYTES`], [`NetError::Timeout`] after the
+    /// request timeout, [`NetError::Dial`] when no address connects, and
+    /// [`NetError::Request`] when the peer closes the stream without an
+    /// answer (it dropped the request, is overloaded, or does not speak the
+    /// protocol).
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
+        if data.len() > MAX_REQUEST_BYTES {
+            return Err(NetError::TooLarge {
+                size: data.len(),
+                max: MAX_REQUEST_BYTES,
+            });
+        }
+        self.ask(|reply| Command::Request {
+            peer,
+            addresses,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces the session prekeys published in our presence entry, and
+    /// republishes it shortly (changes in quick succession cost one put).
+    pub async fn set_prekeys(&self, prekeys: Vec<u8>) -> Result<(), NetError> {
+        if prekeys.len() > MAX_PREKEY_BYTES {
+            return Err(NetError::TooLarge {
+                size: prekeys.len(),
+                max: MAX_PREKEY_BYTES,
+            });
+        }
+        self.ask(|reply| Command::SetPrekeys { prekeys, reply })
+            .await
+    }
+
+    /// Leaves a friend request in the request drop under `key` (see
+    /// [`kith_proto::request_drop::drop_key`]): reads the drop, merges the
+    /// entry in and stores the result on the DHT nodes closest to the key.
+    /// Succeeds once at least one node has taken it.
+    pub async fn drop_request(&self, key: [u8; 32], entry: DropEntry) -> Result<(), NetError> {
+        entry
+            .check(crate::event_loop::unix_secs())
+            .map_err(NetError::InvalidDrop)?;
+        self.ask(|reply| Command::DropRequest { key, entry, reply })
+            .await
+    }
+
+    /// Reads the request drop under `key`: every valid, live entry that
+    /// the DHT nodes asked returned, merged. Empty when there is none.
+    pub async fn fetch_requests(&self, key: [u8; 32]) -> Result<Vec<DropEntry>, NetError> {
+        self.ask(|reply| Command::FetchRequests { key, reply })
+            .await
     }
 
     /// Every (key, value) this node stores in its DHT record store. For

@@ -105,6 +105,9 @@ pub struct Timers {
     pub reconnect_max: Duration,
     /// AutoNAT probe interval.
     pub autonat_probe: Duration,
+    /// Longest wait for the answer to a direct request, and longest we
+    /// keep an inbound request open for the application to answer.
+    pub request_timeout: Duration,
 }
 
 impl Default for Timers {
@@ -121,6 +124,7 @@ impl Default for Timers {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(300),
             autonat_probe: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -166,6 +170,10 @@ pub struct Config {
     /// The account's presence keys, for a client that publishes where it
     /// can be reached; `None` publishes nothing.
     pub presence: Option<PresenceKeys>,
+    /// Session prekeys published in our presence entry (at most
+    /// [`kith_proto::presence::MAX_PREKEY_BYTES`]); replace them later with
+    /// [`crate::Client::set_prekeys`].
+    pub prekeys: Vec<u8>,
     /// When to reserve a relay circuit (clients).
     pub relay_reservation: RelayReservation,
     /// Relay server limits (nodes).
@@ -174,12 +182,19 @@ pub struct Config {
     pub timers: Timers,
     /// Connection limits.
     pub limits: ConnectionLimits,
-    /// Most presence records this node stores for others (each at most
-    /// 16 KiB): 16,384 on nodes, 1,024 on clients, which serve the DHT only
-    /// when publicly reachable.
+    /// Most DHT records this node stores for others: 16,384 on nodes,
+    /// 1,024 on clients, which serve the DHT only when publicly reachable.
+    /// Presence records are at most 16 KiB; request drops at most 32 KiB
+    /// and a quarter of this number.
     pub max_records: usize,
     /// Capacity of the command and event queues.
     pub queue_capacity: usize,
+    /// Inbound direct requests waiting for the application's answer; more
+    /// are refused (the sender gets an error and retries).
+    pub max_inbound_requests: usize,
+    /// Outbound direct requests in flight or queued; more are refused with
+    /// [`crate::NetError::Busy`].
+    pub max_outbound_requests: usize,
 }
 
 impl Config {
@@ -194,6 +209,7 @@ impl Config {
             bootstrap: Vec::new(),
             mdns: false,
             presence: None,
+            prekeys: Vec::new(),
             relay_reservation: RelayReservation::Auto,
             relay_limits: RelayLimits::default(),
             timers: Timers::default(),
@@ -203,6 +219,8 @@ impl Config {
                 Role::Client => 1_024,
             },
             queue_capacity: 256,
+            max_inbound_requests: 1024,
+            max_outbound_requests: 1024,
         }
     }
 }
@@ -218,10 +236,15 @@ impl std::fmt::Debug for Config {
             .field("bootstrap", &self.bootstrap)
             .field("mdns", &self.mdns)
             .field("presence", &self.presence.is_some())
+            .field("prekeys", &self.prekeys.len())
             .field("relay_reservation", &self.relay_reservation)
             .field("relay_limits", &self.relay_limits)
             .field("timers", &self.timers)
             .field("limits", &self.limits)
+            .field("max_records", &self.max_records)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_inbound_requests", &self.max_inbound_requests)
+            .field("max_outbound_requests", &self.max_outbound_requests)
             .finish_non_exhaustive()
     }
 }

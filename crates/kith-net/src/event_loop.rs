@@ -13,9 +13,19 @@
 //! behaviour with the intervals from [`crate::Timers`].
 //!
 //! DHT-side validation: Kademlia is configured with
-//! `StoreInserts::FilterBoth`, so every inbound PutRecord arrives here; it is
-//! stored only if [`kith_proto::presence::PresenceRecord::verify`] accepts
-//! it and the merge with what is stored brings something newer.
+//! `StoreInserts::FilterBoth`, so every inbound PutRecord arrives here. A
+//! presence record is stored only if
+//! [`kith_proto::presence::PresenceRecord::verify`] accepts it and the merge
+//! with what is stored brings something newer; a request drop (told apart by
+//! its first byte) is handled in [`drops`].
+//!
+//! Direct requests (`/kith/msg/1.0.0`) are handled in [`requests`]: outbound
+//! ones wait for their answer in a map keyed by request ID, inbound ones are
+//! handed out as [`Event::Request`] and their answers come back through
+//! one-shot channels the loop polls.
+
+mod drops;
+mod requests;
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
 use std::time::Duration;
@@ -25,6 +35,7 @@ use kith_proto::presence::{
     MAX_ADDRESS_BYTES, MAX_ADDRESSES, PresenceContents, PresenceError, PresenceKeys,
     PresenceRecord, PresenceShare,
 };
+use kith_proto::request_drop;
 use kith_proto::wire::Timestamp;
 use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
@@ -40,6 +51,7 @@ use crate::backoff::Backoff;
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::client::{Command, Connection, Device, NetError, Published, Reply};
 use crate::config::{Config, RelayReservation, Role, Timers};
+use crate::message::InboundRequest;
 use crate::metrics::NetMetrics;
 
 /// Most lookups in flight at once.
@@ -57,9 +69,12 @@ const SMALL_ROUTING_TABLE: usize = 10;
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// What the network reports as it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
+    /// Another device sent us a direct request; answer it with
+    /// [`InboundRequest::respond`].
+    Request(InboundRequest),
     /// A listener is up on this address.
     Listening {
         /// The address.
@@ -121,7 +136,7 @@ pub enum Event {
         /// Why.
         error: String,
     },
-    /// This node stored a presence record for someone.
+    /// This node stored a presence record or request drop for someone.
     RecordStored {
         /// Who sent it.
         from: PeerId,
@@ -130,7 +145,7 @@ pub enum Event {
     RecordRefused {
         /// Who sent it.
         from: PeerId,
-        /// Why (e.g. `bad_signature`, `expired`, `stale`).
+        /// Why (e.g. `bad_signature`, `expired`, `stale`, `key_in_use`).
         reason: &'static str,
     },
 }
@@ -171,6 +186,10 @@ pub struct EventLoop {
     relay_reservation: RelayReservation,
     metrics: Option<NetMetrics>,
     publisher: Option<Publisher>,
+    prekeys: Vec<u8>,
+    max_drop_records: usize,
+    requests: requests::Requests,
+    drops: drops::Drops,
     lookups: HashMap<kad::QueryId, Lookup>,
     dials: HashMap<ConnectionId, (PeerId, Reply<Connection>)>,
     addr_dials: HashMap<ConnectionId, Reply<()>>,
@@ -189,7 +208,7 @@ pub struct EventLoop {
 }
 
 /// Unix seconds, from the same clock reading as wire timestamps.
-fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     Timestamp::now().0 / 1000
 }
 
@@ -239,6 +258,7 @@ impl EventLoop {
         pending_listeners: HashSet<ListenerId>,
     ) -> Self {
         let timers = config.timers.clone();
+        let requests = requests::Requests::new(&config);
         let timers_kad_bootstrap = timers.kad_bootstrap;
         let (reconnect_min, reconnect_max) = (timers.reconnect_min, timers.reconnect_max);
         let mut bootstrap = HashMap::new();
@@ -274,6 +294,12 @@ impl EventLoop {
             timers,
             metrics,
             publisher,
+            prekeys: config.prekeys,
+            // Request drops may be twice the size of presence records: they
+            // get a quarter of the store.
+            max_drop_records: (config.max_records / 4).max(1),
+            requests,
+            drops: drops::Drops::default(),
             lookups: HashMap::new(),
             dials: HashMap::new(),
             addr_dials: HashMap::new(),
@@ -302,6 +328,8 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
+                Some((id, response)) = self.requests.responses.next(),
+                    if !self.requests.responses.is_empty() => self.on_response(id, response),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = sleep_until(deadline) => self.on_timers(),
             }
@@ -315,15 +343,23 @@ impl EventLoop {
     }
 
     fn emit(&mut self, event: Event) {
-        if self.events.try_send(event).is_err() {
-            self.dropped_events += 1;
-            if self.dropped_events.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.dropped_events,
-                    "network events dropped: consumer lagging"
-                );
-            }
+        self.try_emit(event);
+    }
+
+    /// Sends an event; returns false when it was dropped because the
+    /// consumer lags.
+    fn try_emit(&mut self, event: Event) -> bool {
+        if self.events.try_send(event).is_ok() {
+            return true;
         }
+        self.dropped_events += 1;
+        if self.dropped_events.is_power_of_two() {
+            tracing::warn!(
+                dropped = self.dropped_events,
+                "network events dropped: consumer lagging"
+            );
+        }
+        false
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -483,6 +519,25 @@ impl EventLoop {
                     .collect();
                 let _ = reply.send(Ok(peers));
             }
+            Command::Request {
+                peer,
+                addresses,
+                data,
+                reply,
+            } => self.request(peer, addresses, data, reply),
+            Command::SetPrekeys { prekeys, reply } => {
+                if self.publisher.is_none() {
+                    let _ = reply.send(Err(NetError::NoPresence));
+                    return;
+                }
+                if prekeys != self.prekeys {
+                    self.prekeys = prekeys;
+                    self.schedule_publish_soon();
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Command::DropRequest { key, entry, reply } => self.drop_request(key, entry, reply),
+            Command::FetchRequests { key, reply } => self.fetch_requests(key, reply),
             Command::StoredValues(reply) => {
                 let values = self
                     .swarm
@@ -619,6 +674,7 @@ impl EventLoop {
     fn publish(&mut self) {
         let addresses = self.presence_addresses();
         let peer_id = self.swarm.local_peer_id().to_bytes();
+        let prekeys = self.prekeys.clone();
         let ttl = self.timers.presence_ttl;
         let Some(p) = self.publisher.as_mut() else {
             return;
@@ -637,7 +693,7 @@ impl EventLoop {
         let contents = PresenceContents {
             peer_id,
             addresses,
-            prekeys: Vec::new(),
+            prekeys,
         };
         let mut contents = contents;
         // Long relay-circuit addresses can overflow the sealed size limit:
@@ -774,7 +830,10 @@ impl EventLoop {
                 connection_id,
                 endpoint,
                 ..
-            } => self.on_connected(peer_id, connection_id, &endpoint),
+            } => {
+                self.requests.dial_errors.remove(&peer_id);
+                self.on_connected(peer_id, connection_id, &endpoint);
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
@@ -810,6 +869,9 @@ impl EventLoop {
                 error,
             } => {
                 let reason = error.to_string();
+                if let Some(peer) = peer_id {
+                    self.requests.note_dial_error(peer, &reason);
+                }
                 if let Some((peer, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial {
                         peer,
@@ -1023,6 +1085,7 @@ impl EventLoop {
                     self.on_direct_address_lost();
                 }
             }
+            BehaviourEvent::Messages(event) => self.on_message_event(event),
             BehaviourEvent::AutonatServer(_) | BehaviourEvent::Limits(_) => {}
         }
     }
@@ -1040,7 +1103,13 @@ impl EventLoop {
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => match result {
+                kad::QueryResult::GetRecord(result) if self.drops.is_ours(&id) => {
+                    self.on_drop_get_record(id, result, step.last)
+                }
                 kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
+                kad::QueryResult::PutRecord(result) if self.drops.is_ours(&id) => {
+                    self.on_drop_put_record(id, result)
+                }
                 kad::QueryResult::PutRecord(result) => {
                     let ours = self
                         .publisher
@@ -1069,6 +1138,10 @@ impl EventLoop {
     }
 
     fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        if request_drop::is_drop_record(&record.value) {
+            self.on_inbound_drop(source, record);
+            return;
+        }
         let now = unix_secs();
         let verified = PresenceRecord::verify(record.key.as_ref(), &record.value, now);
         let result = verified.and_then(|incoming| {

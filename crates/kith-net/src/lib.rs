@@ -12,7 +12,20 @@
 //!   [`kith_proto::presence::PresenceShare`] they were given and dial each
 //!   device directly or through a relay circuit, which DCUtR then tries to
 //!   upgrade to a direct connection. DHT nodes validate every inbound record
-//!   before storing it.
+//!   before storing it. The entry also carries the device's session prekeys
+//!   ([`Config::prekeys`], [`Client::set_prekeys`]).
+//! - **Direct messages**: [`Client::request`] sends opaque bytes to a
+//!   device over [`MESSAGE_PROTOCOL`] (request and response, each a
+//!   length-prefixed frame with a hard size limit) on an existing
+//!   connection or one dialled for it, and returns the answer; requests from
+//!   others arrive as [`Event::Request`] and are answered with
+//!   [`InboundRequest::respond`].
+//! - **Request drops**: friend requests are left in the DHT under a key
+//!   only holders of the recipient's Kith ID can compute
+//!   ([`Client::drop_request`]) and collected by the recipient
+//!   ([`Client::fetch_requests`]), so strangers never contact a device
+//!   directly (see `docs/requests.md`). DHT nodes check and merge them like
+//!   presence records.
 //! - **Nodes** (`kithd`): Kademlia server, relay v2 server with
 //!   [`RelayLimits`], AutoNAT server.
 //!
@@ -29,6 +42,7 @@ mod behaviour;
 mod client;
 mod config;
 mod event_loop;
+mod message;
 mod metrics;
 
 use std::collections::HashSet;
@@ -45,6 +59,7 @@ pub use config::{
 pub use event_loop::{Event, EventLoop};
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
+pub use message::{InboundRequest, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MESSAGE_PROTOCOL};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +68,15 @@ pub enum StartError {
     /// The swarm could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The configured prekeys are over
+    /// [`kith_proto::presence::MAX_PREKEY_BYTES`].
+    #[error("prekeys of {size} bytes are over the {max}-byte limit")]
+    PrekeysTooLarge {
+        /// Bytes given.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A listen address could not be used.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -77,6 +101,12 @@ pub fn new(
     ),
     StartError,
 > {
+    if config.prekeys.len() > kith_proto::presence::MAX_PREKEY_BYTES {
+        return Err(StartError::PrekeysTooLarge {
+            size: config.prekeys.len(),
+            max: kith_proto::presence::MAX_PREKEY_BYTES,
+        });
+    }
     let (metrics, registry) = match registry {
         Some(registry) => (Some(metrics::NetMetrics::new(registry)), Some(registry)),
         None => (None, None),

@@ -1,5 +1,7 @@
 //! Prometheus metrics: libp2p's own (connections, Kademlia, Identify,
-//! Ping, relay, DCUtR, bandwidth) plus Kith's presence-record counters.
+//! Ping, relay, DCUtR, bandwidth) plus Kith's counters of records stored
+//! and refused (presence and request drops) and of direct requests
+//! dropped.
 
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::swarm::SwarmEvent;
@@ -19,6 +21,9 @@ pub(crate) struct NetMetrics {
     libp2p: Metrics,
     stored: Counter,
     refused: Family<ReasonLabel, Counter>,
+    drops_stored: Counter,
+    drops_refused: Family<ReasonLabel, Counter>,
+    requests_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl NetMetrics {
@@ -37,10 +42,31 @@ impl NetMetrics {
             "Presence records refused, by reason",
             refused.clone(),
         );
+        let drops_stored = Counter::default();
+        kith.register(
+            "request_drops_stored",
+            "Request drops accepted and stored for other nodes",
+            drops_stored.clone(),
+        );
+        let drops_refused = Family::<ReasonLabel, Counter>::default();
+        kith.register(
+            "request_drops_refused",
+            "Request drops refused, by reason",
+            drops_refused.clone(),
+        );
+        let requests_dropped = Family::<ReasonLabel, Counter>::default();
+        kith.register(
+            "requests_dropped",
+            "Inbound direct requests dropped unanswered, by reason",
+            requests_dropped.clone(),
+        );
         Self {
             libp2p,
             stored,
             refused,
+            drops_stored,
+            drops_refused,
+            requests_dropped,
         }
     }
 
@@ -74,5 +100,21 @@ impl NetMetrics {
 
     pub(crate) fn record_refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub(crate) fn record_drop_stored(&self) {
+        self.drops_stored.inc();
+    }
+
+    pub(crate) fn record_drop_refused(&self, reason: &'static str) {
+        self.drops_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub(crate) fn record_request_dropped(&self, reason: &'static str) {
+        self.requests_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }

@@ -268,3 +268,57 @@ async fn friends_addresses_never_enter_the_shared_routing_table() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friend_finds_the_prekeys_published_and_then_replaced() {
+    let nodes = start_nodes(2).await;
+    let (mut config, account) =
+        common::memory_config(kith_net::Role::Client, vec![nodes[0].p2p_addr()]);
+    config.prekeys = vec![0x11; 96];
+    let alice = common::start(config, account).await;
+    let bob = start_client(vec![nodes[0].p2p_addr()]).await;
+    let share = alice.share();
+    let client = bob.client.clone();
+    let finds = |want: Vec<u8>| {
+        let client = client.clone();
+        let share = share.clone();
+        async move {
+            client
+                .find_devices(&share)
+                .await
+                .is_ok_and(|d| d.len() == 1 && d[0].prekeys == want)
+        }
+    };
+    eventually(Duration::from_secs(20), "first prekeys visible", || {
+        finds(vec![0x11; 96])
+    })
+    .await;
+
+    let largest = vec![0x22; kith_proto::presence::MAX_PREKEY_BYTES];
+    alice
+        .client
+        .set_prekeys(largest.clone())
+        .await
+        .expect("replaced");
+    eventually(Duration::from_secs(20), "new prekeys visible", || {
+        finds(largest.clone())
+    })
+    .await;
+
+    assert_eq!(
+        alice
+            .client
+            .set_prekeys(vec![0; kith_proto::presence::MAX_PREKEY_BYTES + 1])
+            .await,
+        Err(kith_net::NetError::TooLarge {
+            size: kith_proto::presence::MAX_PREKEY_BYTES + 1,
+            max: kith_proto::presence::MAX_PREKEY_BYTES
+        })
+    );
+    let (mut config, _) = common::memory_config(kith_net::Role::Client, Vec::new());
+    config.prekeys = vec![0; kith_proto::presence::MAX_PREKEY_BYTES + 1];
+    assert!(matches!(
+        kith_net::new(config, None),
+        Err(kith_net::StartError::PrekeysTooLarge { .. })
+    ));
+}

@@ -1,6 +1,7 @@
 //! A hostile peer — a bare libp2p Kademlia swarm speaking Kith's DHT
-//! protocol — pushes bad presence records straight at a DHT node, which must
-//! refuse each with the right reason and keep what it had.
+//! protocol — pushes bad presence records and request drops straight at a
+//! DHT node, which must refuse each with the right reason and keep what it
+//! had.
 
 mod common;
 
@@ -11,6 +12,9 @@ use futures::StreamExt;
 use kith_net::{Event, KAD_PROTOCOL};
 use kith_proto::AccountKeypair;
 use kith_proto::presence::{PresenceContents, PresenceKeys, PresenceRecord};
+use kith_proto::request_drop::{
+    DROP_TAG, DropEntry, MAX_DROP_ENTRY_BYTES, MAX_DROP_RECORD_BYTES, RequestDrop,
+};
 use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::kad::{self, store::MemoryStore};
@@ -185,4 +189,111 @@ async fn bad_records_are_refused_each_for_its_reason() {
     let devices = bob.client.find_devices(&share).await.expect("found");
     assert_eq!(devices[0].seq, newer.seq);
     assert_eq!(devices[0].peer_id, alice.peer_id());
+}
+
+fn drop_of(entries: &[(u64, usize)]) -> Vec<u8> {
+    RequestDrop {
+        entries: entries
+            .iter()
+            .enumerate()
+            .map(|(i, &(expires, size))| DropEntry {
+                expires,
+                sealed: vec![i as u8 + 1; size],
+            })
+            .collect(),
+    }
+    .encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_request_drops_are_refused_each_for_its_reason() {
+    let mut nodes = start_nodes(1).await;
+    let alice = start_client(vec![nodes[0].p2p_addr()]).await;
+    let presence_key = alice.share().record_key();
+    let node = &mut nodes[0];
+    let presence = stored_value(node, &presence_key)
+        .await
+        .expect("alice's record stored");
+    let mut attacker = attacker();
+    let key = [0x42; 32];
+
+    push(&mut attacker, node, &key, drop_of(&[(now() - 5, 100)])).await;
+    assert_eq!(refusal(node).await, "expired");
+
+    push(
+        &mut attacker,
+        node,
+        &key,
+        drop_of(&[(now() + 30 * 24 * 3600, 100)]),
+    )
+    .await;
+    assert_eq!(refusal(node).await, "expiry_too_far");
+
+    let mut oversized = vec![DROP_TAG];
+    oversized.resize(MAX_DROP_RECORD_BYTES + 1, 0);
+    push(&mut attacker, node, &key, oversized).await;
+    assert_eq!(refusal(node).await, "too_large");
+
+    push(
+        &mut attacker,
+        node,
+        &key,
+        drop_of(&[(now() + 60, MAX_DROP_ENTRY_BYTES + 1)]),
+    )
+    .await;
+    assert_eq!(refusal(node).await, "too_large");
+
+    push(&mut attacker, node, &key, vec![DROP_TAG, 1, 0xff]).await;
+    assert_eq!(refusal(node).await, "malformed");
+    assert_eq!(stored_value(node, &key).await, None);
+
+    // A drop cannot displace a presence record.
+    push(
+        &mut attacker,
+        node,
+        &presence_key,
+        drop_of(&[(now() + 60, 100)]),
+    )
+    .await;
+    assert_eq!(refusal(node).await, "key_in_use");
+    assert_eq!(
+        stored_value(node, &presence_key).await.as_deref(),
+        Some(&presence[..])
+    );
+
+    // Valid drops are stored and merged.
+    let (one, two) = (now() + 600, now() + 1200);
+    push(&mut attacker, node, &key, drop_of(&[(one, 100)])).await;
+    push(
+        &mut attacker,
+        node,
+        &key,
+        drop_of(&[(one, 100), (two, 200)]),
+    )
+    .await;
+    let client = node.client.clone();
+    eventually(Duration::from_secs(10), "merged drop stored", || {
+        let client = client.clone();
+        async move {
+            client.stored_records().await.is_ok_and(|records| {
+                records.iter().any(|(k, v)| {
+                    *k == key
+                        && RequestDrop::decode(v).is_ok_and(|d| {
+                            d.entries
+                                == vec![
+                                    DropEntry {
+                                        expires: two,
+                                        sealed: vec![2; 200],
+                                    },
+                                    DropEntry {
+                                        expires: one,
+                                        sealed: vec![1; 100],
+                                    },
+                                ]
+                        })
+                })
+            })
+        }
+    })
+    .await;
 }

@@ -25,6 +25,7 @@ pub mod id;
 pub mod identity;
 pub mod presence;
 pub mod qr;
+pub mod request_drop;
 pub mod safety;
 pub mod wire;
 

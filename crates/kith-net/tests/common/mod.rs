@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kith_net::{Client, Config, Event, Multiaddr, PeerId, Role, TransportKind};
+use kith_net::{Client, Config, Event, InboundRequest, Multiaddr, PeerId, Role, TransportKind};
 use kith_proto::presence::{PresenceKeys, PresenceShare};
 use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam};
 use tokio::sync::mpsc;
@@ -51,6 +51,40 @@ impl Peer {
         within(Duration::from_secs(10), self.task)
             .await
             .expect("event loop ends cleanly");
+    }
+
+    /// Diverts this peer's inbound requests to the returned queue; every
+    /// other event still reaches [`Peer::wait_event`].
+    pub fn take_requests(&mut self) -> mpsc::Receiver<InboundRequest> {
+        let (others_tx, others) = mpsc::channel(1024);
+        let (requests_tx, requests) = mpsc::channel(1024);
+        let mut events = std::mem::replace(&mut self.events, others);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Request(request) => {
+                        let _ = requests_tx.try_send(request);
+                    }
+                    other => {
+                        let _ = others_tx.try_send(other);
+                    }
+                }
+            }
+        });
+        requests
+    }
+
+    /// Answers every inbound request with what `answer` returns for its
+    /// payload, or drops it unanswered when that is `None`.
+    pub fn answer_requests(&mut self, answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static) {
+        let mut requests = self.take_requests();
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                if let Some(response) = answer(&request.data) {
+                    request.respond(response);
+                }
+            }
+        });
     }
 
     /// Waits for the first event `pick` accepts.

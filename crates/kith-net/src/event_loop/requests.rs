@@ -1,0 +1,294 @@
+//! Direct requests over `/kith/msg/1.0.0`.
+//!
+//! Outbound: a [`Command::Request`](crate::client::Command) is sent at once
+//! if fewer than [`MAX_REQUESTS_PER_PEER`] requests to that peer are in
+//! flight, and queued otherwise; its `oneshot` reply waits in a map keyed by
+//! request ID until the answer or a failure arrives, and then the peer's
+//! next queued request goes out. libp2p's request-response behaviour uses an
+//! existing connection or dials the given addresses.
+//!
+//! Inbound: each request becomes an [`Event::Request`] holding a one-shot
+//! responder, while the loop keeps libp2p's response channel and a future
+//! that resolves when the responder answers, is dropped, or the request
+//! timeout passes. At most `max_inbound_requests` wait at once; more, like
+//! requests the event queue has no room for, are dropped unanswered, which
+//! the sender sees as an error.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::request_response::{
+    self, InboundFailure, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel,
+};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::oneshot;
+
+use super::{Event, EventLoop};
+use crate::client::{NetError, Reply};
+use crate::config::Config;
+use crate::message::{InboundRequest, MAX_RESPONSE_BYTES, MESSAGE_PROTOCOL, frame_too_large};
+
+/// Most requests to one peer in flight at once; more wait in a queue.
+pub(crate) const MAX_REQUESTS_PER_PEER: usize = 64;
+
+type ResponseWait = BoxFuture<'static, (InboundRequestId, Option<Vec<u8>>)>;
+
+struct Queued {
+    addresses: Vec<Multiaddr>,
+    data: Vec<u8>,
+    reply: Reply<Vec<u8>>,
+}
+
+/// The request state the event loop keeps.
+pub(super) struct Requests {
+    max_inbound: usize,
+    max_outbound: usize,
+    timeout: Duration,
+    outbound: HashMap<OutboundRequestId, (PeerId, Reply<Vec<u8>>)>,
+    in_flight: HashMap<PeerId, usize>,
+    queued: HashMap<PeerId, VecDeque<Queued>>,
+    queued_count: usize,
+    /// The last dial error for a peer we have requests in flight to, so a
+    /// failed request can say why.
+    pub(super) dial_errors: HashMap<PeerId, String>,
+    responders: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
+    /// Resolves with the answer to an inbound request, or `None` when its
+    /// responder was dropped or timed out.
+    pub(super) responses: FuturesUnordered<ResponseWait>,
+}
+
+impl Requests {
+    pub(super) fn new(config: &Config) -> Self {
+        Self {
+            max_inbound: config.max_inbound_requests.max(1),
+            max_outbound: config.max_outbound_requests.max(1),
+            timeout: config.timers.request_timeout,
+            outbound: HashMap::new(),
+            in_flight: HashMap::new(),
+            queued: HashMap::new(),
+            queued_count: 0,
+            dial_errors: HashMap::new(),
+            responders: HashMap::new(),
+            responses: FuturesUnordered::new(),
+        }
+    }
+
+    pub(super) fn note_dial_error(&mut self, peer: PeerId, reason: &str) {
+        if self.in_flight.contains_key(&peer) {
+            self.dial_errors.insert(peer, reason.to_owned());
+        }
+    }
+}
+
+impl EventLoop {
+    pub(super) fn request(
+        &mut self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        data: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    ) {
+        let requests = &mut self.requests;
+        if requests.outbound.len() + requests.queued_count >= requests.max_outbound {
+            let _ = reply.send(Err(NetError::Busy("requests")));
+            return;
+        }
+        if !self.swarm.behaviour().messages.is_enabled() {
+            let _ = reply.send(Err(NetError::Request(
+                "DHT nodes do not send direct requests".into(),
+            )));
+            return;
+        }
+        if peer == *self.swarm.local_peer_id() {
+            let _ = reply.send(Err(NetError::Request(
+                "cannot send a request to this device itself".into(),
+            )));
+            return;
+        }
+        let queued = Queued {
+            addresses,
+            data,
+            reply,
+        };
+        if requests.in_flight.get(&peer).copied().unwrap_or(0) < MAX_REQUESTS_PER_PEER {
+            self.send_request(peer, queued);
+        } else {
+            requests.queued.entry(peer).or_default().push_back(queued);
+            requests.queued_count += 1;
+        }
+    }
+
+    fn send_request(&mut self, peer: PeerId, request: Queued) {
+        let Some(messages) = self.swarm.behaviour_mut().messages.as_mut() else {
+            let _ = request.reply.send(Err(NetError::Stopped));
+            return;
+        };
+        let id = messages.send_request_with_addresses(&peer, request.data, request.addresses);
+        self.requests.outbound.insert(id, (peer, request.reply));
+        *self.requests.in_flight.entry(peer).or_default() += 1;
+    }
+
+    /// Answers an outbound request and sends the peer's next queued one.
+    fn request_done(&mut self, id: OutboundRequestId, result: Result<Vec<u8>, NetError>) {
+        let Some((peer, reply)) = self.requests.outbound.remove(&id) else {
+            return;
+        };
+        let _ = reply.send(result);
+        let requests = &mut self.requests;
+        if let Some(count) = requests.in_flight.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                requests.in_flight.remove(&peer);
+                requests.dial_errors.remove(&peer);
+            }
+        }
+        let next = requests.queued.get_mut(&peer).and_then(VecDeque::pop_front);
+        if requests.queued.get(&peer).is_some_and(VecDeque::is_empty) {
+            requests.queued.remove(&peer);
+        }
+        if let Some(next) = next {
+            requests.queued_count = requests.queued_count.saturating_sub(1);
+            self.send_request(peer, next);
+        }
+    }
+
+    fn outbound_error(&mut self, peer: PeerId, error: OutboundFailure) -> NetError {
+        match error {
+            OutboundFailure::DialFailure => NetError::Dial {
+                peer,
+                reason: self
+                    .requests
+                    .dial_errors
+                    .remove(&peer)
+                    .unwrap_or_else(|| "no known address could be reached".into()),
+            },
+            OutboundFailure::Timeout => NetError::Timeout,
+            OutboundFailure::ConnectionClosed => {
+                NetError::Request("the connection closed before the answer came".into())
+            }
+            OutboundFailure::UnsupportedProtocols => {
+                NetError::Request(format!("the peer does not speak {MESSAGE_PROTOCOL}"))
+            }
+            OutboundFailure::Io(e) => match frame_too_large(&e) {
+                Some(frame) => NetError::TooLarge {
+                    size: frame.size,
+                    max: frame.max,
+                },
+                None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    NetError::Request("the peer closed the stream without answering".into())
+                }
+                None => NetError::Request(e.to_string()),
+            },
+        }
+    }
+
+    pub(super) fn on_message_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => self.on_inbound_request(peer, request_id, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.request_done(request_id, Ok(response)),
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let error = self.outbound_error(peer, error);
+                tracing::debug!(%peer, "request failed: {error}");
+                self.request_done(request_id, Err(error));
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.requests.responders.remove(&request_id);
+                let reason = match &error {
+                    InboundFailure::Io(e) if frame_too_large(e).is_some() => Some("too_large"),
+                    InboundFailure::Timeout => Some("timeout"),
+                    _ => None,
+                };
+                tracing::debug!(%peer, "inbound request failed: {error}");
+                if let (Some(reason), Some(m)) = (reason, &self.metrics) {
+                    m.record_request_dropped(reason);
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_inbound_request(
+        &mut self,
+        peer: PeerId,
+        id: InboundRequestId,
+        data: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        // Counted by waiting futures, not channels: a future outlives its
+        // channel when the connection closes first, until it times out.
+        if self.requests.responses.len() >= self.requests.max_inbound {
+            tracing::debug!(%peer, "inbound request dropped: too many waiting for an answer");
+            if let Some(m) = &self.metrics {
+                m.record_request_dropped("too_many_waiting");
+            }
+            return;
+        }
+        let (responder, answer) = oneshot::channel();
+        let timeout = self.requests.timeout;
+        self.requests.responders.insert(id, channel);
+        self.requests.responses.push(
+            async move {
+                let answer = tokio::time::timeout(timeout, answer).await;
+                (id, answer.ok().and_then(Result::ok))
+            }
+            .boxed(),
+        );
+        // When the event queue is full the request is dropped, and with it
+        // the responder: the future above resolves at once and the sender
+        // gets an error, and retries.
+        if !self.try_emit(Event::Request(InboundRequest::new(peer, data, responder)))
+            && let Some(m) = &self.metrics
+        {
+            m.record_request_dropped("queue_full");
+        }
+    }
+
+    /// The application answered an inbound request (`Some`), or dropped it
+    /// or let it time out (`None`).
+    pub(super) fn on_response(&mut self, id: InboundRequestId, response: Option<Vec<u8>>) {
+        let Some(channel) = self.requests.responders.remove(&id) else {
+            return;
+        };
+        let Some(data) = response else {
+            // Dropping the channel tells the sender there is no answer.
+            return;
+        };
+        if data.len() > MAX_RESPONSE_BYTES {
+            tracing::warn!(
+                bytes = data.len(),
+                max = MAX_RESPONSE_BYTES,
+                "response over the size limit not sent"
+            );
+            if let Some(m) = &self.metrics {
+                m.record_request_dropped("response_too_large");
+            }
+            return;
+        }
+        if let Some(messages) = self.swarm.behaviour_mut().messages.as_mut() {
+            // Fails only when the stream is already gone.
+            let _ = messages.send_response(channel, data);
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Direct device messaging: `/kith/msg/1.0.0`, one request and one
+//! response per stream, payloads opaque to the network layer.
+//!
+//! Each request opens a new Yamux stream on an existing connection (or on
+//! one dialled for it); the stream's protocol is negotiated lazily, so the
+//! request travels with the negotiation and a round trip costs one network
+//! round trip. A frame is a 4-byte big-endian length and that many bytes;
+//! the reader checks the length against [`MAX_REQUEST_BYTES`] or
+//! [`MAX_RESPONSE_BYTES`] before allocating anything, and the writer
+//! refuses to send more.
+//!
+//! Inbound requests reach the application as [`InboundRequest`]s carrying a
+//! one-shot responder; the event loop holds the libp2p response channel
+//! until the responder answers, is dropped, or the request times out.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::oneshot;
+
+/// The direct messaging protocol.
+pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/msg/1.0.0");
+/// Largest request payload, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest response payload, in bytes.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Frames up to this size are written with their length in one write (one
+/// Yamux frame); larger ones in two, rather than copied.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// A request from another device, waiting for our answer.
+///
+/// Answer with [`InboundRequest::respond`]. Dropping it unanswered makes the
+/// sender's request fail, as does holding it past the request timeout.
+pub struct InboundRequest {
+    /// The device that sent it.
+    pub peer: PeerId,
+    /// The payload (at most [`MAX_REQUEST_BYTES`]).
+    pub data: Vec<u8>,
+    responder: oneshot::Sender<Vec<u8>>,
+}
+
+impl InboundRequest {
+    pub(crate) fn new(peer: PeerId, data: Vec<u8>, responder: oneshot::Sender<Vec<u8>>) -> Self {
+        Self {
+            peer,
+            data,
+            responder,
+        }
+    }
+
+    /// Sends `data` back to the requester. Never blocks and never fails
+    /// loudly: if the network has stopped or the request has timed out,
+    /// nothing happens; a response over [`MAX_RESPONSE_BYTES`] is not sent
+    /// and the requester gets an error instead.
+    pub fn respond(self, data: Vec<u8>) {
+        let _ = self.responder.send(data);
+    }
+}
+
+impl std::fmt::Debug for InboundRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundRequest")
+            .field("peer", &self.peer)
+            .field("bytes", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A frame over its limit; carried inside the `io::Error` the codec
+/// returns, so the event loop can report it as [`crate::NetError::TooLarge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame of {size} bytes is over the {max}-byte limit")]
+pub(crate) struct FrameTooLarge {
+    pub(crate) size: usize,
+    pub(crate) max: usize,
+}
+
+/// Length-prefixed frames with a bound per direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Codec;
+
+async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut header = [0u8; 4];
+    io.read_exact(&mut header).await?;
+    let size = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+    if size > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            FrameTooLarge { size, max },
+        ));
+    }
+    let mut data = vec![0u8; size];
+    io.read_exact(&mut data).await?;
+    Ok(data)
+}
+
+async fn write_frame<T>(io: &mut T, data: Vec<u8>, max: usize) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let size = data.len();
+    let header = match u32::try_from(size) {
+        Ok(len) if size <= max => len.to_be_bytes(),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                FrameTooLarge { size, max },
+            ));
+        }
+    };
+    if size <= COALESCE_BYTES {
+        let mut frame = Vec::with_capacity(4 + size);
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(&data);
+        io.write_all(&frame).await?;
+    } else {
+        io.write_all(&header).await?;
+        io.write_all(&data).await?;
+    }
+    io.flush().await
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_REQUEST_BYTES).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_RESPONSE_BYTES).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        data: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, data, MAX_REQUEST_BYTES).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        data: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, data, MAX_RESPONSE_BYTES).await
+    }
+}
+
+/// The [`FrameTooLarge`] inside an I/O error from the codec, if that is
+/// what it is.
+pub(crate) fn frame_too_large(error: &io::Error) -> Option<FrameTooLarge> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<FrameTooLarge>())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        for size in [0, 1, COALESCE_BYTES, COALESCE_BYTES + 1, MAX_REQUEST_BYTES] {
+            let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            let mut wire = Cursor::new(Vec::new());
+            block_on(Codec.write_request(&MESSAGE_PROTOCOL, &mut wire, data.clone())).unwrap();
+            assert_eq!(wire.get_ref().len(), 4 + size);
+            wire.set_position(0);
+            let read = block_on(Codec.read_request(&MESSAGE_PROTOCOL, &mut wire)).unwrap();
+            assert_eq!(read, data);
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading_the_body() {
+        // A header claiming 4 GiB and no body: refused from the header
+        // alone (an attempt to read the body would fail with end of file).
+        let mut wire = Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
+        let error = block_on(Codec.read_request(&MESSAGE_PROTOCOL, &mut wire)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            frame_too_large(&error),
+            Some(FrameTooLarge {
+                size: u32::MAX as usize,
+                max: MAX_REQUEST_BYTES
+            })
+        );
+
+        let header = u32::try_from(MAX_RESPONSE_BYTES + 1).unwrap().to_be_bytes();
+        let mut wire = Cursor::new(header.to_vec());
+        let error = block_on(Codec.read_response(&MESSAGE_PROTOCOL, &mut wire)).unwrap_err();
+        assert_eq!(
+            frame_too_large(&error).map(|e| e.max),
+            Some(MAX_RESPONSE_BYTES)
+        );
+    }
+
+    #[test]
+    fn the_writer_refuses_oversized_frames() {
+        let mut wire = Cursor::new(Vec::new());
+        let error = block_on(Codec.write_response(
+            &MESSAGE_PROTOCOL,
+            &mut wire,
+            vec![0; MAX_RESPONSE_BYTES + 1],
+        ))
+        .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(wire.get_ref().is_empty(), "nothing was written");
+    }
+}
