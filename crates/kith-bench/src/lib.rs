@@ -7,6 +7,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod chat;
 pub mod connect;
 pub mod proc;
 

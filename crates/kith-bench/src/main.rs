@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kith_bench::{connect, emit, percentile, proc};
+use kith_bench::{chat, connect, emit, percentile, proc};
 
 /// Kith benchmarks; one JSON object per metric on standard output.
 #[derive(Debug, Parser)]
@@ -22,6 +22,19 @@ enum Scenario {
         /// How many runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// The kithd binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kithd: Option<PathBuf>,
+    },
+    /// Two engines made friends through one kithd on loopback: echo round
+    /// trips of 100-byte messages, then one-way throughput.
+    Chat {
+        /// Echo round trips to time.
+        #[arg(long, default_value_t = 1000)]
+        rounds: usize,
+        /// Messages for the one-way run (a multiple of 1,000).
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
         /// The kithd binary (default: the one beside kith-bench).
         #[arg(long, value_name = "PATH")]
         kithd: Option<PathBuf>,
@@ -53,6 +66,23 @@ fn main() -> anyhow::Result<()> {
                 result.kithd_idle_rss_kb as f64,
             )?;
             emit(&mut out, "connect", "runs", samples.len() as f64)?;
+        }
+        Scenario::Chat {
+            rounds,
+            messages,
+            kithd,
+        } => {
+            anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+            anyhow::ensure!(messages >= 1000, "--messages must be at least 1000");
+            let binary = proc::kithd_binary(kithd)?;
+            let result = runtime.block_on(chat::run(&binary, rounds, messages))?;
+            for (metric, p) in [("rtt_p50_ms", 50.0), ("rtt_p99_ms", 99.0)] {
+                if let Some(value) = percentile(&result.rtt_ms, p) {
+                    emit(&mut out, "chat", metric, value)?;
+                }
+            }
+            emit(&mut out, "chat", "msgs_per_s", result.msgs_per_s)?;
+            emit(&mut out, "chat", "runs", result.rtt_ms.len() as f64)?;
         }
     }
     Ok(())

@@ -177,6 +177,23 @@ impl<'a> History<'a> {
         Ok(inserted)
     }
 
+    /// The message with ID `id`, if held.
+    pub fn get(
+        &self,
+        conversation: &[u8; 16],
+        id: MessageId,
+    ) -> Result<Option<StoredMessage>, HistoryError> {
+        let Some(key) = self.store.get(HISTORY_IDS, &id_key(conversation, id))? else {
+            return Ok(None);
+        };
+        let Some(value) = self.store.get(HISTORY, &key)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&value)
+            .map(Some)
+            .map_err(|e| HistoryError::Damaged(e.to_string()))
+    }
+
     /// The highest Lamport counter in the conversation, for the next
     /// message to exceed.
     pub fn last_lamport(&self, conversation: &[u8; 16]) -> Result<Lamport, HistoryError> {

@@ -1,15 +1,25 @@
 //! The Kith messenger engine, used alike by the desktop app, the terminal
 //! client, tests and benchmarks; no GUI code lives here.
 //!
-//! Built so far: [`session`], the end-to-end layer — one Olm double-ratchet
-//! session (vodozemac) per pair of devices, with prekeys small enough for
-//! the presence record and encrypted pickles for the store; and
-//! [`history`], conversations stored once per message ID, ordered by
-//! (Lamport, sender time, ID) and read a page at a time. The engine
-//! proper (friend requests, messages, receipts, the durable outbox, behind
-//! an async handle and an event stream) is next; see issue 4's notes.
+//! - [`engine`]: the actor behind an async [`engine::Engine`] handle and a
+//!   bounded event stream: friend requests through DHT request drops,
+//!   messages with receipts, typing, edits and deletions, and a durable
+//!   outbox retried with backoff.
+//! - [`session`]: the end-to-end layer, one Olm double-ratchet session
+//!   (vodozemac) per pair of devices, with prekeys small enough for the
+//!   presence record and encrypted pickles for the store.
+//! - [`history`]: conversations stored once per message ID, ordered by
+//!   (Lamport, sender time, ID) and read a page at a time.
+//! - [`frame`]: what devices send each other over the direct message
+//!   protocol.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod engine;
+pub mod frame;
 pub mod history;
+mod records;
 pub mod session;
+
+/// Version of the engine's store layout (`docs/storage.md`).
+pub const SCHEMA_VERSION: u32 = 1;

@@ -1,19 +1,26 @@
 //! The `kith` command line.
 //!
-//! `kith id new|show|check` manage and inspect identities. Every command
-//! takes `--profile NAME` (default `default`) and `--json` for scripts.
+//! `kith id new|show|check|rotate` manage and inspect identities; `kith
+//! daemon` runs the messenger in the background; `add`, `requests`,
+//! `accept`, `decline`, `block`, `friends`, `send`, `edit`, `delete`,
+//! `history`, `chat`, `safety` and `status` talk to that daemon, or run the
+//! engine for the length of the command when no daemon is running (see
+//! [`crate::control`]). Every command takes `--profile NAME` (default
+//! `default`), `--json` for scripts, `--bootstrap ADDR` and `--listen ADDR`.
 //! Output meant for people goes to standard output, errors to standard
 //! error with a non-zero exit status.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use kith_proto::{KithId, KithIdError, qr};
 use serde_json::{Value, json};
 
+use crate::control::{ControlError, NodeOptions, passphrase_from_env};
 use kith_store::private::{self, PrivateFileError};
 use kith_store::profile::{DEFAULT_PROFILE, Identity, Profile, ProfileError};
+use kith_store::{KdfParams, Passphrase, SledBackend, Store};
 
 /// Kith: a peer-to-peer messenger with no server in the middle.
 #[derive(Debug, Parser)]
@@ -29,6 +36,26 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// A bootstrap node (`/ip4/…/tcp/…/p2p/…`, as `kithd` prints them);
+    /// repeat for more. Also read from KITH_BOOTSTRAP, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        env = "KITH_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<String>,
+
+    /// Where to listen (default: every interface, TCP and QUIC, any port);
+    /// repeat for more.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// Find friends' devices on the local network with mDNS.
+    #[arg(long, global = true)]
+    pub mdns: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,13 +67,100 @@ pub enum Command {
     /// Create, show and check Kith IDs.
     #[command(subcommand)]
     Id(IdCommand),
+    /// Run the messenger in the background for this profile; other
+    /// commands talk to it. Stops on Ctrl-C or SIGTERM.
+    Daemon,
+    /// Send a friend request to the owner of a Kith ID.
+    Add {
+        /// Their Kith ID or kith: link.
+        id: String,
+        /// A short note so they know who you are.
+        message: Vec<String>,
+    },
+    /// List friend requests waiting for you, and yours not yet answered.
+    Requests,
+    /// Accept a friend request.
+    Accept {
+        /// Their name, ID, or the start of either.
+        who: String,
+    },
+    /// Decline a friend request; later requests from them are ignored.
+    Decline {
+        /// Their name, ID, or the start of either.
+        who: String,
+    },
+    /// Block someone: their requests and messages are refused.
+    Block {
+        /// Their name, ID, or the start of either.
+        who: String,
+    },
+    /// List your friends.
+    Friends,
+    /// Send a message.
+    Send {
+        /// The friend: name, ID, or the start of either.
+        friend: String,
+        /// The text (at most 16 KiB).
+        #[arg(required = true)]
+        text: Vec<String>,
+        /// Without a daemon, wait up to this many seconds for delivery
+        /// before leaving the message queued.
+        #[arg(long, default_value_t = 15, value_name = "SECS")]
+        wait: u64,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        /// The friend.
+        friend: String,
+        /// The message ID (from `kith history --json`).
+        message: String,
+        /// The new text.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Delete one of your messages.
+    Delete {
+        /// The friend.
+        friend: String,
+        /// The message ID.
+        message: String,
+    },
+    /// Show the conversation with a friend (and mark it read).
+    History {
+        /// The friend.
+        friend: String,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Chat with a friend: type a line to send it; their messages appear
+    /// as they arrive. End with Ctrl-D.
+    Chat {
+        /// The friend.
+        friend: String,
+    },
+    /// Show the safety number to compare with a friend.
+    Safety {
+        /// The friend.
+        friend: String,
+    },
+    /// Show this device's network state.
+    Status,
 }
 
 /// `kith id …`
 #[derive(Debug, Subcommand)]
 pub enum IdCommand {
     /// Create a new identity (account and device keys) in the profile.
-    New,
+    New {
+        /// Lock the profile with a passphrase (from KITH_PASSPHRASE, or
+        /// asked for).
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Pick a new nospam: your old ID stops working for new requests;
+    /// friends are unaffected.
+    Rotate,
     /// Show the profile's Kith ID.
     Show {
         /// Also draw the ID as a QR code in the terminal.
@@ -103,21 +217,114 @@ pub enum CliError {
     /// Standard output could not be written.
     #[error("could not write output: {0}")]
     Output(#[from] std::io::Error),
+    /// The messenger failed or refused.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// An address is not a multiaddr.
+    #[error("invalid address '{0}': expected something like /ip4/192.0.2.1/tcp/4747/p2p/12D3Koo…")]
+    Address(String),
+    /// No passphrase for a locked profile, or a bad one.
+    #[error("{0}")]
+    Passphrase(String),
 }
 
 /// Runs one command, writing its output to `out`.
 pub fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     match &cli.command {
         Command::Id(command) => run_id(cli, command, out),
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::terminal::run(cli, command, out))
+        }
     }
+}
+
+/// The node options the global flags give.
+pub fn node_options(cli: &Cli) -> Result<NodeOptions, CliError> {
+    let parse = |list: &[String]| {
+        list.iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| a.trim().parse().map_err(|_| CliError::Address(a.clone())))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(NodeOptions {
+        bootstrap: parse(&cli.bootstrap)?,
+        listen: parse(&cli.listen)?,
+        mdns: cli.mdns,
+        request_poll: None,
+    })
+}
+
+/// The passphrase for `profile`: KITH_PASSPHRASE, or asked for on the
+/// terminal when the profile is locked; `None` when it is not locked.
+pub fn passphrase_for(profile: &Profile) -> Result<Option<Passphrase>, CliError> {
+    if let Some(passphrase) = passphrase_from_env() {
+        return Ok(Some(passphrase));
+    }
+    if !profile.is_locked()? {
+        return Ok(None);
+    }
+    ask_passphrase(&format!("Passphrase for profile '{}': ", profile.name())).map(Some)
+}
+
+fn ask_passphrase(prompt: &str) -> Result<Passphrase, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Passphrase(
+            "this profile is locked: set KITH_PASSPHRASE or run in a terminal to be asked".into(),
+        ));
+    }
+    rpassword::prompt_password(prompt)
+        .map(Passphrase::new)
+        .map_err(|e| CliError::Passphrase(format!("could not read the passphrase: {e}")))
 }
 
 fn run_id(cli: &Cli, command: &IdCommand, out: &mut impl Write) -> Result<(), CliError> {
     match command {
-        IdCommand::New => {
+        IdCommand::Rotate => {
+            let id = crate::terminal::rotate(cli)?;
+            if cli.json {
+                print_json(out, &json!({"id": id}))?;
+            } else {
+                writeln!(out, "Your new Kith ID: {id}")?;
+                writeln!(
+                    out,
+                    "The old one no longer works for new friend requests; friends are unaffected."
+                )?;
+            }
+        }
+        IdCommand::New { passphrase } => {
             let profile = Profile::locate(&cli.profile)?;
             let identity = Identity::generate();
-            profile.create_identity(&identity)?;
+            let lock = if *passphrase {
+                Some(match passphrase_from_env() {
+                    Some(p) => p,
+                    None => ask_passphrase("New passphrase: ")?,
+                })
+            } else {
+                None
+            };
+            profile.create_identity(
+                &identity,
+                lock.as_ref().map(|p| (p, KdfParams::INTERACTIVE)),
+            )?;
+            if let Some(passphrase) = &lock {
+                // The database is locked with the same passphrase.
+                let backend = SledBackend::open(&profile.dir().join("db"))
+                    .map_err(|e| CliError::Passphrase(e.to_string()))?;
+                let mut store = Store::open(
+                    std::sync::Arc::new(backend),
+                    None,
+                    kith_core::SCHEMA_VERSION,
+                    &[],
+                )
+                .map_err(|e| CliError::Passphrase(e.to_string()))?;
+                store
+                    .set_passphrase(Some(passphrase), KdfParams::INTERACTIVE)
+                    .map_err(|e| CliError::Passphrase(e.to_string()))?;
+            }
             let id = identity.kith_id();
             if cli.json {
                 print_json(out, &id_json(&id, Some(&profile), Some(&identity)))?;
@@ -137,7 +344,7 @@ fn run_id(cli: &Cli, command: &IdCommand, out: &mut impl Write) -> Result<(), Cl
         }
         IdCommand::Show { qr, png, svg } => {
             let profile = Profile::locate(&cli.profile)?;
-            let identity = profile.load_identity()?;
+            let identity = profile.load_identity(passphrase_for(&profile)?.as_ref())?;
             let id = identity.kith_id();
             if let Some(path) = png {
                 write_file(path, &qr::to_png(&id, 512)?)?;
@@ -204,7 +411,7 @@ fn id_json(id: &KithId, profile: Option<&Profile>, identity: Option<&Identity>) 
     value
 }
 
-fn print_json(out: &mut impl Write, value: &Value) -> Result<(), CliError> {
+pub(crate) fn print_json(out: &mut impl Write, value: &Value) -> Result<(), CliError> {
     writeln!(out, "{value}")?;
     Ok(())
 }

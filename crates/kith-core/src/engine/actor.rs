@@ -1,0 +1,2058 @@
+//! The engine actor: one task that owns the store, the session secrets and
+//! the network client, and turns commands, network events and finished
+//! network requests into store writes, outbound requests and events.
+//!
+//! Each turn handles whatever is ready (up to [`TURN_BUDGET`] items), then
+//! commits: if any handled item waits for durability (a command reply, an
+//! inbound request's acknowledgement), the store is flushed once and all of
+//! them are answered together. Then every friend with outbox items and a
+//! device ready is pumped.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, Stream, StreamExt};
+use kith_net::{InboundRequest, Multiaddr, NetError, PeerId};
+use kith_proto::presence::PresenceKeys;
+use kith_proto::request_drop::{DropEntry, drop_key};
+use kith_proto::wire::{
+    ChatMessage, ContactCard, Delete, DeviceCard, Edit, FriendAccept, FriendRequest, Lamport,
+    MAX_RECEIPT_IDS, MessageId, Payload, Receipt, ReceiptKind, Timestamp, Typing,
+};
+use kith_proto::{AccountPublicKey, KithId, Nospam, envelope};
+use kith_store::profile::{Identity, Profile};
+use kith_store::{KdfParams, Op, Passphrase, Store};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use super::{
+    Command, Config, EngineError, Event, FriendInfo, HistoryPage, MAX_FRIENDS, MAX_OUTBOX,
+    MAX_PENDING_REQUESTS, MessageView, OutgoingInfo, REQUEST_UPDATE_INTERVAL, Reply, RequestInfo,
+    StartError, Status,
+};
+use crate::frame::{self, Ack, BATCH_BYTES, Item, MAX_ITEMS, Refusal};
+use crate::history::{Author, History, Inserted, StoredMessage};
+use crate::records::{
+    self, DEVICE, DISPLAY_NAME, EDITS, EditRecord, FRIENDS, FriendRecord, IncomingRecord,
+    MessageState, OLM_ACCOUNT, OUTBOX, OutboxBody, OutboxItem, OutgoingRecord, REFUSED,
+    REQUESTS_IN, REQUESTS_OUT, RefusalKind, RefusedRecord, SEEN_DROPS, SESSIONS, SETTINGS, STATES,
+    SessionsRecord, UNREAD,
+};
+use crate::session::{DeviceSecrets, PairSession, Prekeys};
+
+/// Most ready items one turn handles before it commits.
+const TURN_BUDGET: usize = 256;
+/// How often due retries are looked at.
+const TICK: Duration = Duration::from_millis(200);
+/// Sessions kept per friend device (newest first).
+const MAX_SESSIONS: usize = 4;
+/// Lifetime of a request-drop entry.
+const DROP_TTL_SECS: u64 = 24 * 3600;
+/// An unanswered request is placed again this long before its entry
+/// expires…
+const DROP_RENEW_SECS: u64 = 6 * 3600;
+/// …for this long after it was first sent.
+const REQUEST_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+/// A lookup of our request drop that someone waits for is retried this
+/// often…
+const POLL_RETRIES: u32 = 40;
+/// …this far apart, while the DHT is not reachable yet.
+const POLL_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// Capacity of the channel finished network tasks report on.
+const DONE_CAPACITY: usize = 256;
+
+type NetEvents = Pin<Box<dyn Stream<Item = kith_net::Event> + Send>>;
+type Waiter = Box<dyn FnOnce(&mut Actor, bool) + Send>;
+
+/// What a finished network task reports.
+enum Done {
+    Sent {
+        peer: PeerId,
+        items: Vec<(Vec<u8>, OutboxItem)>,
+        result: Result<Vec<u8>, NetError>,
+    },
+    Located {
+        friend: [u8; 32],
+        result: Result<Vec<kith_net::Device>, NetError>,
+    },
+    Dropped {
+        to: [u8; 32],
+        result: Result<(), NetError>,
+    },
+    Fetched(Result<Vec<DropEntry>, NetError>),
+}
+
+struct Friend {
+    account: AccountPublicKey,
+    key: Vec<u8>,
+    conversation: [u8; 16],
+    record: FriendRecord,
+    devices: Vec<PeerId>,
+}
+
+struct Device {
+    friend: [u8; 32],
+    prekeys: Prekeys,
+    addresses: Vec<Multiaddr>,
+    sessions: Option<Vec<PairSession>>,
+    in_flight: bool,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+pub(super) struct Actor {
+    store: Store,
+    identity: Identity,
+    profile: Option<(Profile, Option<Passphrase>)>,
+    secrets: DeviceSecrets,
+    pickle_key: Zeroizing<[u8; 32]>,
+    presence: PresenceKeys,
+    net: kith_net::Client,
+    net_events: NetEvents,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    friends: HashMap<[u8; 32], Friend>,
+    devices: HashMap<PeerId, Device>,
+    connected: HashSet<PeerId>,
+    with_items: HashSet<[u8; 32]>,
+    outbox_seq: u64,
+    outbox_len: usize,
+    display_name: String,
+    request_poll: Duration,
+    message_ttl: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    next_poll: Instant,
+    staged: Vec<Op>,
+    turn_seen: HashSet<MessageId>,
+    lamports: HashMap<[u8; 16], u64>,
+    polling: bool,
+    poll_retries: u32,
+    poll_deferred: bool,
+    poll_waiters: Vec<Reply<usize>>,
+    dropping: HashSet<[u8; 32]>,
+    drop_due: HashMap<[u8; 32], (Instant, Duration)>,
+    waiters: Vec<Waiter>,
+    stopping: Option<Reply<()>>,
+    lost_events: u64,
+}
+
+fn now_secs() -> u64 {
+    Timestamp::now().0 / 1000
+}
+
+fn store_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Store(e.to_string())
+}
+
+fn jitter(base: Duration) -> Duration {
+    // Between half and all of `base`.
+    let [a, b] = kith_proto::random_bytes::<2>();
+    let fraction = f64::from(u16::from_le_bytes([a, b])) / f64::from(u16::MAX);
+    base.mul_f64(0.5 + fraction / 2.0)
+}
+
+fn pickle_key(identity: &Identity) -> Zeroizing<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"kith/pickle-key/v1");
+    hasher.update(identity.account.secret_bytes().as_slice());
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&hasher.finalize());
+    key
+}
+
+impl Actor {
+    pub(super) fn new(
+        config: Config,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Self, StartError> {
+        let Config {
+            identity,
+            store,
+            profile,
+            mut net,
+            display_name,
+            request_poll,
+            message_ttl,
+            retry_min,
+            retry_max,
+            queue_capacity: _,
+        } = config;
+        let pickle_key = pickle_key(&identity);
+        let start_error = |e: &dyn std::fmt::Display| StartError::Store(e.to_string());
+        let secrets = match store
+            .get(DEVICE, OLM_ACCOUNT)
+            .map_err(|e| start_error(&e))?
+        {
+            Some(bytes) => {
+                let pickle = String::from_utf8(bytes).map_err(|e| start_error(&e))?;
+                DeviceSecrets::from_pickle(&pickle, &pickle_key).map_err(|e| start_error(&e))?
+            }
+            None => {
+                let secrets = DeviceSecrets::new();
+                store
+                    .apply_durable(vec![Op::put(
+                        DEVICE,
+                        OLM_ACCOUNT,
+                        secrets.to_pickle(&pickle_key),
+                    )])
+                    .map_err(|e| start_error(&e))?;
+                secrets
+            }
+        };
+        let display_name = match records::get::<String>(&store, SETTINGS, DISPLAY_NAME)
+            .map_err(|e| start_error(&e))?
+        {
+            Some(name) => name,
+            None => display_name,
+        };
+        let presence = PresenceKeys::derive(&identity.account);
+        net.presence = Some(PresenceKeys::derive(&identity.account));
+        net.prekeys = secrets.prekeys().encode();
+        let (client, net_events, event_loop) = kith_net::new(net, None)?;
+        tokio::spawn(event_loop.run());
+        let (done_tx, done_rx) = mpsc::channel(DONE_CAPACITY);
+        let mut actor = Self {
+            store,
+            identity,
+            profile,
+            secrets,
+            pickle_key,
+            presence,
+            net: client,
+            net_events: Box::pin(net_events),
+            commands,
+            events,
+            done_tx,
+            done_rx,
+            friends: HashMap::new(),
+            devices: HashMap::new(),
+            connected: HashSet::new(),
+            with_items: HashSet::new(),
+            outbox_seq: 0,
+            outbox_len: 0,
+            display_name,
+            request_poll,
+            message_ttl,
+            retry_min,
+            retry_max,
+            next_poll: Instant::now(),
+            staged: Vec::new(),
+            turn_seen: HashSet::new(),
+            lamports: HashMap::new(),
+            polling: false,
+            poll_retries: 0,
+            poll_deferred: false,
+            poll_waiters: Vec::new(),
+            dropping: HashSet::new(),
+            drop_due: HashMap::new(),
+            waiters: Vec::new(),
+            stopping: None,
+            lost_events: 0,
+        };
+        actor.load().map_err(|e| start_error(&e))?;
+        Ok(actor)
+    }
+
+    /// Reads friends and the outbox position from the store.
+    fn load(&mut self) -> Result<(), EngineError> {
+        for (_, record) in
+            records::all::<FriendRecord>(&self.store, FRIENDS, MAX_FRIENDS).map_err(store_error)?
+        {
+            self.register_friend(record);
+        }
+        let items =
+            records::all::<OutboxItem>(&self.store, OUTBOX, MAX_OUTBOX).map_err(store_error)?;
+        self.outbox_len = items.len();
+        for (key, item) in items {
+            self.with_items.insert(item.friend);
+            if let Some(seq) = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                self.outbox_seq = self.outbox_seq.max(u64::from_be_bytes(seq) + 1);
+            }
+        }
+        for (_, out) in
+            records::all::<OutgoingRecord>(&self.store, REQUESTS_OUT, MAX_PENDING_REQUESTS)
+                .map_err(store_error)?
+        {
+            if !out.dropped {
+                self.drop_due.insert(
+                    out.to.account().to_bytes(),
+                    (Instant::now(), self.retry_min),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn register_friend(&mut self, record: FriendRecord) {
+        let account = *record.id.account();
+        let key = records::friend_key(&self.store, &account);
+        let conversation = History::new(&self.store).conversation(&account.to_bytes());
+        let mut devices = Vec::new();
+        for card in &record.card.devices {
+            let (Ok(peer), Ok(prekeys)) = (
+                PeerId::from_bytes(&card.peer_id),
+                Prekeys::decode(&card.prekeys),
+            ) else {
+                continue;
+            };
+            devices.push(peer);
+            self.devices.insert(
+                peer,
+                Device {
+                    friend: account.to_bytes(),
+                    prekeys,
+                    addresses: Vec::new(),
+                    sessions: None,
+                    in_flight: false,
+                    next_attempt: Instant::now(),
+                    backoff: self.retry_min,
+                },
+            );
+        }
+        self.friends.insert(
+            account.to_bytes(),
+            Friend {
+                account,
+                key,
+                conversation,
+                record,
+                devices,
+            },
+        );
+    }
+
+    fn emit(&mut self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            self.lost_events += 1;
+        }
+    }
+
+    fn my_id(&self) -> KithId {
+        KithId::new(self.identity.account.public(), self.identity.nospam)
+    }
+
+    fn my_card(&self) -> ContactCard {
+        ContactCard {
+            presence: self.presence.share(),
+            devices: vec![DeviceCard {
+                peer_id: self.net.peer_id().to_bytes(),
+                prekeys: self.secrets.prekeys().encode(),
+            }],
+        }
+    }
+
+    /// Applies `ops` now and runs `then` once they are durable (or with
+    /// `false` if the flush failed).
+    fn after_commit(&mut self, then: impl FnOnce(&mut Actor, bool) + Send + 'static) {
+        self.waiters.push(Box::new(then));
+    }
+
+    /// Applies `ops` now (after anything staged, to keep the order).
+    fn apply(&mut self, ops: Vec<Op>) -> Result<(), EngineError> {
+        self.staged.extend(ops);
+        self.apply_staged()
+    }
+
+    /// Queues `ops` to be applied, in one batch with the rest of the turn,
+    /// before the turn's commit (or before anything else is applied).
+    fn stage(&mut self, ops: Vec<Op>) {
+        self.staged.extend(ops);
+    }
+
+    fn apply_staged(&mut self) -> Result<(), EngineError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.staged);
+        self.store.apply(ops).map_err(store_error)
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command).await,
+                    None => break,
+                },
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                event = self.net_events.next() => match event {
+                    Some(event) => self.on_net(event),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+            for _ in 0..TURN_BUDGET {
+                if let Ok(command) = self.commands.try_recv() {
+                    self.on_command(command).await;
+                } else if let Some(Some(event)) = self.net_events.next().now_or_never() {
+                    self.on_net(event);
+                } else if let Ok(done) = self.done_rx.try_recv() {
+                    self.on_done(done);
+                } else {
+                    break;
+                }
+            }
+            // Outbox reads must see this turn's writes; the batches the
+            // pump encrypts then join the turn's single flush, so a
+            // ratchet step is on disk before its ciphertext leaves.
+            if let Err(e) = self.apply_staged() {
+                self.emit(Event::Problem(e.to_string()));
+            }
+            if self.stopping.is_none() {
+                self.pump_all();
+            }
+            self.commit();
+            if let Some(reply) = self.stopping.take() {
+                let _ = reply.send(Ok(()));
+                break;
+            }
+        }
+        let _ = self.store.flush();
+    }
+
+    fn commit(&mut self) {
+        let applied = self.apply_staged();
+        self.turn_seen.clear();
+        if self.waiters.is_empty() {
+            return;
+        }
+        let ok = applied.is_ok() && self.store.flush().is_ok();
+        for waiter in std::mem::take(&mut self.waiters) {
+            waiter(self, ok);
+        }
+    }
+
+    fn reply_after_commit<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        self.after_commit(move |_, ok| {
+            let _ = reply.send(if ok {
+                Ok(value)
+            } else {
+                Err(EngineError::Store(
+                    "the change could not be made durable".into(),
+                ))
+            });
+        });
+    }
+
+    fn emit_after_commit(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        self.after_commit(move |actor, ok| {
+            if ok {
+                for event in events {
+                    actor.emit(event);
+                }
+            }
+        });
+    }
+
+    // ----- commands -----
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let listen = self.net.listen_addrs().await.unwrap_or_default();
+                let connected = self
+                    .net
+                    .connected_peers()
+                    .await
+                    .map(|c| c.len())
+                    .unwrap_or(0);
+                let _ = reply.send(Ok(Status {
+                    id: self.my_id(),
+                    peer_id: self.net.peer_id(),
+                    listen,
+                    connected,
+                    outbox: self.outbox_len,
+                }));
+            }
+            Command::Add { id, message, reply } => match self.add(id, message) {
+                Ok(()) => self.reply_after_commit(reply, ()),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Requests(reply) => {
+                let _ = reply.send(self.requests());
+            }
+            Command::CheckRequests(reply) => {
+                self.poll_waiters.push(reply);
+                self.start_poll();
+            }
+            Command::Accept { account, reply } => match self.accept(&account) {
+                Ok(info) => self.reply_after_commit(reply, info),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Refuse {
+                account,
+                kind,
+                reply,
+            } => match self.refuse(&account, kind) {
+                Ok(()) => self.reply_after_commit(reply, ()),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Friends(reply) => {
+                let _ = reply.send(self.friend_list());
+            }
+            Command::Resolve { query, reply } => {
+                let _ = reply.send(self.resolve(&query));
+            }
+            Command::Send {
+                friend,
+                body,
+                reply,
+            } => match self.send(&friend, body) {
+                Ok(id) => self.reply_after_commit(reply, id),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Edit {
+                friend,
+                target,
+                body,
+                reply,
+            } => match self.change(&friend, target, Some(body)) {
+                Ok(()) => self.reply_after_commit(reply, ()),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Delete {
+                friend,
+                target,
+                reply,
+            } => match self.change(&friend, target, None) {
+                Ok(()) => self.reply_after_commit(reply, ()),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::MarkRead { friend, reply } => match self.mark_read(&friend) {
+                Ok(count) => self.reply_after_commit(reply, count),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Typing { friend, active } => self.send_typing(&friend, active),
+            Command::History {
+                friend,
+                older,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.history(&friend, older, limit));
+            }
+            Command::RotateNospam(reply) => {
+                let _ = reply.send(self.rotate_nospam());
+            }
+            Command::SetName { name, reply } => match self.set_name(name) {
+                Ok(()) => self.reply_after_commit(reply, ()),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Shutdown(reply) => self.stopping = Some(reply),
+        }
+    }
+
+    fn friend(&self, account: &AccountPublicKey) -> Result<&Friend, EngineError> {
+        self.friends
+            .get(&account.to_bytes())
+            .ok_or_else(|| EngineError::UnknownFriend(account.to_hex()))
+    }
+
+    fn add(&mut self, id: KithId, message: String) -> Result<(), EngineError> {
+        let to = *id.account();
+        if to == self.identity.account.public() {
+            return Err(EngineError::OwnId);
+        }
+        if let Some(friend) = self.friends.get(&to.to_bytes()) {
+            return Err(EngineError::AlreadyFriend(friend.record.name.clone()));
+        }
+        let key = records::friend_key(&self.store, &to);
+        // They asked first: adding them is accepting.
+        if self
+            .store
+            .get(REQUESTS_IN, &key)
+            .map_err(store_error)?
+            .is_some()
+        {
+            return self.accept(&to).map(|_| ());
+        }
+        let request = FriendRequest {
+            from: self.my_id(),
+            to_nospam: id.nospam(),
+            display_name: self.display_name.clone(),
+            message: message.clone(),
+            sent_at: Timestamp::now(),
+            card: self.my_card(),
+        };
+        let sent_at = request.sent_at;
+        let sealed = self.seal_request(&to, request)?;
+        let out = OutgoingRecord {
+            to: id,
+            message,
+            sent_at,
+            sealed,
+            expires: now_secs() + DROP_TTL_SECS,
+            dropped: false,
+        };
+        self.apply(vec![
+            records::put(REQUESTS_OUT, key.clone(), &out),
+            records::delete(REFUSED, key),
+        ])?;
+        self.drop_due
+            .insert(to.to_bytes(), (Instant::now(), self.retry_min));
+        Ok(())
+    }
+
+    fn seal_request(
+        &self,
+        to: &AccountPublicKey,
+        request: FriendRequest,
+    ) -> Result<Vec<u8>, EngineError> {
+        let payload = Payload::FriendRequest(Box::new(request))
+            .encode()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let sealed = envelope::seal(&self.identity.account, to, &payload)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if sealed.len() > kith_proto::request_drop::MAX_DROP_ENTRY_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "the request is {} bytes; shorten the message (the limit is {} bytes)",
+                sealed.len(),
+                kith_proto::request_drop::MAX_DROP_ENTRY_BYTES
+            )));
+        }
+        Ok(sealed)
+    }
+
+    fn requests(&self) -> Result<(Vec<RequestInfo>, Vec<OutgoingInfo>), EngineError> {
+        let incoming =
+            records::all::<IncomingRecord>(&self.store, REQUESTS_IN, MAX_PENDING_REQUESTS)
+                .map_err(store_error)?
+                .into_iter()
+                .map(|(_, r)| request_info(&r))
+                .collect();
+        let outgoing =
+            records::all::<OutgoingRecord>(&self.store, REQUESTS_OUT, MAX_PENDING_REQUESTS)
+                .map_err(store_error)?
+                .into_iter()
+                .map(|(_, r)| OutgoingInfo {
+                    id: r.to,
+                    sent_at: r.sent_at,
+                    dropped: r.dropped,
+                })
+                .collect();
+        Ok((incoming, outgoing))
+    }
+
+    fn accept(&mut self, account: &AccountPublicKey) -> Result<FriendInfo, EngineError> {
+        let key = records::friend_key(&self.store, account);
+        let incoming: IncomingRecord = records::get(&self.store, REQUESTS_IN, &key)
+            .map_err(store_error)?
+            .ok_or_else(|| EngineError::NoRequest(account.to_hex()))?;
+        if self.friends.len() >= MAX_FRIENDS {
+            return Err(EngineError::Full(format!(
+                "you have {MAX_FRIENDS} friends, the most Kith keeps"
+            )));
+        }
+        let request = incoming.request;
+        let record = FriendRecord {
+            id: request.from,
+            name: request.display_name.clone(),
+            card: request.card.clone(),
+            added_at: Timestamp::now(),
+        };
+        let answer = Payload::FriendAccept(Box::new(FriendAccept {
+            display_name: self.display_name.clone(),
+            sent_at: Timestamp::now(),
+            card: self.my_card(),
+        }))
+        .encode()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let sealed = envelope::seal(&self.identity.account, account, &answer)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut ops = vec![
+            records::put(FRIENDS, key.clone(), &record),
+            records::delete(REQUESTS_IN, key.clone()),
+            records::delete(REQUESTS_OUT, key.clone()),
+            records::delete(REFUSED, key.clone()),
+        ];
+        self.register_friend(record);
+        ops.push(self.queue_op(account, None, OutboxBody::Sealed(sealed)));
+        self.apply(ops)?;
+        self.drop_due.remove(&account.to_bytes());
+        let info = self.friend_info(account)?;
+        self.emit_after_commit(vec![Event::FriendAdded(info.clone())]);
+        Ok(info)
+    }
+
+    fn refuse(&mut self, account: &AccountPublicKey, kind: RefusalKind) -> Result<(), EngineError> {
+        let key = records::friend_key(&self.store, account);
+        let had_request = self
+            .store
+            .get(REQUESTS_IN, &key)
+            .map_err(store_error)?
+            .is_some();
+        if kind == RefusalKind::Declined && !had_request {
+            return Err(EngineError::NoRequest(account.to_hex()));
+        }
+        let mut ops = vec![
+            records::delete(REQUESTS_IN, key.clone()),
+            records::put(
+                REFUSED,
+                key.clone(),
+                &RefusedRecord {
+                    account: account.to_bytes(),
+                    kind,
+                    at: Timestamp::now(),
+                },
+            ),
+        ];
+        if kind == RefusalKind::Blocked {
+            ops.push(records::delete(FRIENDS, key.clone()));
+            ops.push(records::delete(REQUESTS_OUT, key.clone()));
+            for (item_key, _) in
+                records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, MAX_OUTBOX)
+                    .map_err(store_error)?
+            {
+                ops.push(records::delete(OUTBOX, item_key));
+                self.outbox_len = self.outbox_len.saturating_sub(1);
+            }
+            if let Some(friend) = self.friends.remove(&account.to_bytes()) {
+                for peer in friend.devices {
+                    self.devices.remove(&peer);
+                }
+            }
+            self.with_items.remove(&account.to_bytes());
+            self.drop_due.remove(&account.to_bytes());
+        }
+        self.apply(ops)
+    }
+
+    fn friend_info(&self, account: &AccountPublicKey) -> Result<FriendInfo, EngineError> {
+        let friend = self.friend(account)?;
+        let unread = records::prefixed::<()>(&self.store, UNREAD, &friend.conversation, MAX_OUTBOX)
+            .map_err(store_error)?
+            .len();
+        let queued = records::prefixed::<OutboxItem>(&self.store, OUTBOX, &friend.key, MAX_OUTBOX)
+            .map_err(store_error)?
+            .iter()
+            .filter(|(_, item)| item.message.is_some())
+            .count();
+        Ok(FriendInfo {
+            account: friend.account,
+            id: friend.record.id,
+            name: friend.record.name.clone(),
+            online: friend.devices.iter().any(|p| self.connected.contains(p)),
+            unread,
+            queued,
+        })
+    }
+
+    fn friend_list(&self) -> Result<Vec<FriendInfo>, EngineError> {
+        let mut list = self
+            .friends
+            .values()
+            .map(|f| self.friend_info(&f.account))
+            .collect::<Result<Vec<_>, _>>()?;
+        list.sort_by_key(|a| a.name.to_lowercase());
+        Ok(list)
+    }
+
+    fn resolve(&self, query: &str) -> Result<AccountPublicKey, EngineError> {
+        let wanted = query.trim().to_lowercase();
+        if wanted.is_empty() {
+            return Err(EngineError::UnknownFriend(query.into()));
+        }
+        if let Ok(id) = KithId::parse(query.trim()) {
+            return Ok(*id.account());
+        }
+        let mut candidates: Vec<(AccountPublicKey, String, KithId)> = self
+            .friends
+            .values()
+            .map(|f| (f.account, f.record.name.clone(), f.record.id))
+            .collect();
+        if let Ok(requests) =
+            records::all::<IncomingRecord>(&self.store, REQUESTS_IN, MAX_PENDING_REQUESTS)
+        {
+            for (_, r) in requests {
+                candidates.push((
+                    *r.request.from.account(),
+                    r.request.display_name.clone(),
+                    r.request.from,
+                ));
+            }
+        }
+        let exact: Vec<_> = candidates
+            .iter()
+            .filter(|(_, name, _)| name.to_lowercase() == wanted)
+            .collect();
+        if exact.len() == 1 {
+            return Ok(exact[0].0);
+        }
+        let mut matches: Vec<_> = candidates
+            .iter()
+            .filter(|(account, name, id)| {
+                name.to_lowercase().starts_with(&wanted)
+                    || (wanted.len() >= 4
+                        && (id.to_text().to_lowercase().starts_with(&wanted)
+                            || account.to_hex().starts_with(&wanted)))
+            })
+            .collect();
+        matches.dedup_by_key(|(account, _, _)| *account);
+        match matches.as_slice() {
+            [] => Err(EngineError::UnknownFriend(query.into())),
+            [one] => Ok(one.0),
+            many => Err(EngineError::Ambiguous {
+                query: query.into(),
+                matches: many
+                    .iter()
+                    .map(|(_, name, id)| format!("{name} ({})", &id.to_text()[..8]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The op that queues `body` for `friend`.
+    fn queue_op(
+        &mut self,
+        friend: &AccountPublicKey,
+        message: Option<MessageId>,
+        body: OutboxBody,
+    ) -> Op {
+        let key = records::friend_key(&self.store, friend);
+        let seq = self.outbox_seq;
+        self.outbox_seq += 1;
+        self.outbox_len += 1;
+        self.with_items.insert(friend.to_bytes());
+        let now = Timestamp::now();
+        let ttl = u64::try_from(self.message_ttl.as_millis()).unwrap_or(u64::MAX);
+        records::put(
+            OUTBOX,
+            records::outbox_key(&key, seq),
+            &OutboxItem {
+                friend: friend.to_bytes(),
+                message,
+                body,
+                created: now,
+                expires: Timestamp(now.0.saturating_add(ttl)),
+            },
+        )
+    }
+
+    /// The highest Lamport counter of a conversation, cached.
+    fn last_lamport(&mut self, conversation: &[u8; 16]) -> Result<u64, EngineError> {
+        if let Some(last) = self.lamports.get(conversation) {
+            return Ok(*last);
+        }
+        self.apply_staged()?;
+        let last = History::new(&self.store)
+            .last_lamport(conversation)
+            .map_err(store_error)?
+            .0;
+        self.lamports.insert(*conversation, last);
+        Ok(last)
+    }
+
+    fn check_outbox_room(&self) -> Result<(), EngineError> {
+        if self.outbox_len >= MAX_OUTBOX {
+            return Err(EngineError::Full(format!(
+                "{MAX_OUTBOX} items are waiting to be delivered; wait for some to go out"
+            )));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, friend: &AccountPublicKey, body: String) -> Result<MessageId, EngineError> {
+        self.check_outbox_room()?;
+        let conversation = self.friend(friend)?.conversation;
+        let lamport = Lamport(self.last_lamport(&conversation)? + 1);
+        self.lamports.insert(conversation, lamport.0);
+        let history = History::new(&self.store);
+        let message = ChatMessage {
+            id: MessageId::random(),
+            sent_at: Timestamp::now(),
+            lamport,
+            body,
+        };
+        let payload = Payload::Chat(message.clone());
+        payload
+            .encode()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let stored = StoredMessage {
+            message: message.clone(),
+            author: Author::Me,
+            stored_at: Timestamp::now(),
+        };
+        let (_, mut ops) = history
+            .insert_ops(&conversation, stored)
+            .map_err(store_error)?;
+        ops.push(records::put(
+            STATES,
+            records::message_key(&conversation, &message.id),
+            &MessageState::Queued,
+        ));
+        ops.push(self.queue_op(friend, Some(message.id), OutboxBody::Payload(payload)));
+        self.stage(ops);
+        let view = MessageView {
+            id: message.id,
+            author: Author::Me,
+            sent_at: message.sent_at,
+            lamport: message.lamport,
+            body: message.body,
+            edited: false,
+            deleted: false,
+            state: Some(MessageState::Queued),
+        };
+        self.emit_after_commit(vec![Event::Message {
+            friend: *friend,
+            message: view,
+        }]);
+        Ok(message.id)
+    }
+
+    fn change(
+        &mut self,
+        friend: &AccountPublicKey,
+        target: MessageId,
+        body: Option<String>,
+    ) -> Result<(), EngineError> {
+        self.check_outbox_room()?;
+        let conversation = self.friend(friend)?.conversation;
+        let original = History::new(&self.store)
+            .get(&conversation, target)
+            .map_err(store_error)?
+            .filter(|m| m.author == Author::Me)
+            .ok_or(EngineError::NotYours(target))?;
+        let at = Timestamp::now();
+        let payload = match &body {
+            Some(body) => Payload::Edit(Edit {
+                id: MessageId::random(),
+                target,
+                sent_at: at,
+                body: body.clone(),
+            }),
+            None => Payload::Delete(Delete {
+                id: MessageId::random(),
+                target,
+                sent_at: at,
+            }),
+        };
+        payload
+            .encode()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let record = EditRecord {
+            deleted: body.is_none(),
+            body,
+            at,
+        };
+        let ops = vec![
+            records::put(EDITS, records::message_key(&conversation, &target), &record),
+            self.queue_op(friend, None, OutboxBody::Payload(payload)),
+        ];
+        self.apply(ops)?;
+        let view = self.view(&conversation, original)?;
+        self.emit_after_commit(vec![Event::Changed {
+            friend: *friend,
+            message: view,
+        }]);
+        Ok(())
+    }
+
+    fn mark_read(&mut self, friend: &AccountPublicKey) -> Result<usize, EngineError> {
+        let conversation = self.friend(friend)?.conversation;
+        let unread = records::prefixed::<()>(&self.store, UNREAD, &conversation, MAX_OUTBOX)
+            .map_err(store_error)?;
+        let count = unread.len();
+        let mut ops = Vec::new();
+        let mut ids = Vec::new();
+        for (key, ()) in unread {
+            if let Some(id) = key.get(16..32).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                ids.push(MessageId(id));
+            }
+            ops.push(records::delete(UNREAD, key));
+        }
+        let at = Timestamp::now();
+        for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+            let receipt = Payload::Receipt(Receipt {
+                kind: ReceiptKind::Read,
+                ids: chunk.to_vec(),
+                at,
+            });
+            ops.push(self.queue_op(friend, None, OutboxBody::Payload(receipt)));
+        }
+        self.apply(ops)?;
+        Ok(count)
+    }
+
+    fn send_typing(&mut self, friend: &AccountPublicKey, active: bool) {
+        let Ok(friend) = self.friend(friend) else {
+            return;
+        };
+        let Some(peer) = friend
+            .devices
+            .iter()
+            .copied()
+            .find(|p| self.connected.contains(p))
+        else {
+            return;
+        };
+        let Ok(plain) = Payload::Typing(Typing { active }).encode() else {
+            return;
+        };
+        let Ok(olm) = self.encrypt_for(&peer, &plain) else {
+            return;
+        };
+        let op = self.sessions_op(&peer);
+        let _ = self.apply(op.into_iter().collect());
+        let net = self.net.clone();
+        let request = frame::encode_request(&[Item::Olm(olm)]);
+        tokio::spawn(async move {
+            let _ = net.request(peer, Vec::new(), request).await;
+        });
+    }
+
+    fn view(
+        &self,
+        conversation: &[u8; 16],
+        stored: StoredMessage,
+    ) -> Result<MessageView, EngineError> {
+        let key = records::message_key(conversation, &stored.message.id);
+        let edit: Option<EditRecord> =
+            records::get(&self.store, EDITS, &key).map_err(store_error)?;
+        let state = match stored.author {
+            Author::Me => records::get(&self.store, STATES, &key).map_err(store_error)?,
+            Author::Friend => None,
+        };
+        let (body, edited, deleted) = match edit {
+            Some(EditRecord { deleted: true, .. }) => (String::new(), false, true),
+            Some(EditRecord {
+                body: Some(body), ..
+            }) => (body, true, false),
+            _ => (stored.message.body, false, false),
+        };
+        Ok(MessageView {
+            id: stored.message.id,
+            author: stored.author,
+            sent_at: stored.message.sent_at,
+            lamport: stored.message.lamport,
+            body,
+            edited,
+            deleted,
+            state,
+        })
+    }
+
+    fn history(
+        &self,
+        friend: &AccountPublicKey,
+        older: Option<crate::history::Cursor>,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        let conversation = self.friend(friend)?.conversation;
+        let page = History::new(&self.store)
+            .page(&conversation, older.as_ref(), limit)
+            .map_err(store_error)?;
+        let messages = page
+            .messages
+            .into_iter()
+            .map(|m| self.view(&conversation, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HistoryPage {
+            messages,
+            older: page.older,
+        })
+    }
+
+    fn rotate_nospam(&mut self) -> Result<KithId, EngineError> {
+        let previous = self.identity.nospam;
+        self.identity.nospam = Nospam::random();
+        if let Some((profile, passphrase)) = &self.profile {
+            let lock = passphrase.as_ref().map(|p| (p, KdfParams::INTERACTIVE));
+            if let Err(e) = profile.replace_identity(&self.identity, lock) {
+                self.identity.nospam = previous;
+                return Err(store_error(e));
+            }
+        }
+        Ok(self.my_id())
+    }
+
+    fn set_name(&mut self, name: String) -> Result<(), EngineError> {
+        let probe = FriendAccept {
+            display_name: name.clone(),
+            sent_at: Timestamp(0),
+            card: self.my_card(),
+        };
+        probe
+            .validate()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.apply(vec![records::put(SETTINGS, DISPLAY_NAME, &name)])?;
+        self.display_name = name;
+        Ok(())
+    }
+
+    // ----- sessions -----
+
+    fn load_sessions(&mut self, peer: &PeerId) -> Result<&mut Vec<PairSession>, EngineError> {
+        let key = self.pickle_key.clone();
+        let stored: Option<SessionsRecord> = match self.devices.get(peer) {
+            Some(Device { sessions: None, .. }) => {
+                records::get(&self.store, SESSIONS, &peer.to_bytes()).map_err(store_error)?
+            }
+            _ => None,
+        };
+        let device = self
+            .devices
+            .get_mut(peer)
+            .ok_or_else(|| EngineError::UnknownFriend(peer.to_string()))?;
+        if device.sessions.is_none() {
+            let sessions = stored
+                .map(|r| {
+                    r.pickles
+                        .iter()
+                        .filter_map(|p| PairSession::from_pickle(p, &key).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            device.sessions = Some(sessions);
+        }
+        Ok(device.sessions.get_or_insert_with(Vec::new))
+    }
+
+    fn sessions_op(&self, peer: &PeerId) -> Option<Op> {
+        let sessions = self.devices.get(peer)?.sessions.as_ref()?;
+        let record = SessionsRecord {
+            pickles: sessions
+                .iter()
+                .map(|s| s.to_pickle(&self.pickle_key))
+                .collect(),
+        };
+        Some(records::put(SESSIONS, peer.to_bytes(), &record))
+    }
+
+    fn encrypt_for(&mut self, peer: &PeerId, plain: &[u8]) -> Result<Vec<u8>, EngineError> {
+        let prekeys = self
+            .devices
+            .get(peer)
+            .map(|d| d.prekeys)
+            .ok_or_else(|| EngineError::UnknownFriend(peer.to_string()))?;
+        if self.load_sessions(peer)?.is_empty() {
+            let session = self
+                .secrets
+                .start_session(&prekeys)
+                .map_err(|e| EngineError::Net(e.to_string()))?;
+            self.load_sessions(peer)?.push(session);
+        }
+        let sessions = self.load_sessions(peer)?;
+        let session = sessions
+            .first_mut()
+            .ok_or_else(|| EngineError::Net("no session".into()))?;
+        session
+            .encrypt(plain)
+            .map_err(|e| EngineError::Net(e.to_string()))
+    }
+
+    /// Decrypts an Olm message from `peer` with the session it belongs to,
+    /// starting an inbound session for a new first message.
+    fn decrypt_from(
+        &mut self,
+        peer: &PeerId,
+        message: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+        let identity = self
+            .devices
+            .get(peer)
+            .map(|d| d.prekeys.identity)
+            .ok_or(Refusal::UnknownDevice)?;
+        let sessions = self.load_sessions(peer).map_err(|_| Refusal::Busy)?;
+        let owner = sessions.iter().position(|s| s.owns(message));
+        let order: Vec<usize> = match owner {
+            Some(i) => vec![i],
+            None => (0..sessions.len()).collect(),
+        };
+        for i in order {
+            if let Ok(plain) = sessions[i].decrypt(message) {
+                let session = sessions.remove(i);
+                sessions.insert(0, session);
+                return Ok(plain);
+            }
+        }
+        if owner.is_some() {
+            return Err(Refusal::Unreadable);
+        }
+        match self.secrets.accept_session(&identity, message) {
+            Ok((session, plain)) => {
+                let sessions = self.load_sessions(peer).map_err(|_| Refusal::Busy)?;
+                sessions.insert(0, session);
+                sessions.truncate(MAX_SESSIONS);
+                Ok(plain)
+            }
+            Err(_) => Err(Refusal::NoSession),
+        }
+    }
+
+    // ----- inbound -----
+
+    fn on_net(&mut self, event: kith_net::Event) {
+        match event {
+            kith_net::Event::Request(request) => self.on_request(request),
+            kith_net::Event::Connected { peer, .. } => {
+                let newly = self.connected.insert(peer);
+                if std::mem::take(&mut self.poll_deferred) {
+                    // Give Identify a moment to fill the routing table.
+                    self.spawn_fetch(POLL_RETRY_DELAY);
+                }
+                if let Some(device) = self.devices.get_mut(&peer) {
+                    device.next_attempt = Instant::now();
+                    device.backoff = self.retry_min;
+                    let friend = device.friend;
+                    if newly {
+                        self.presence_changed(&friend, &peer, true);
+                    }
+                }
+            }
+            kith_net::Event::Disconnected { peer } => {
+                self.connected.remove(&peer);
+                if let Some(friend) = self.devices.get(&peer).map(|d| d.friend) {
+                    self.presence_changed(&friend, &peer, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn presence_changed(&mut self, friend: &[u8; 32], peer: &PeerId, online: bool) {
+        let Some(f) = self.friends.get(friend) else {
+            return;
+        };
+        let others = f
+            .devices
+            .iter()
+            .any(|p| p != peer && self.connected.contains(p));
+        if !others {
+            let account = f.account;
+            self.emit(Event::Presence {
+                friend: account,
+                online,
+            });
+        }
+    }
+
+    fn on_request(&mut self, request: InboundRequest) {
+        let Ok(items) = frame::decode_request(&request.data) else {
+            // Not a Kith frame: no answer, the sender's request fails.
+            return;
+        };
+        let peer = request.peer;
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut acks = Vec::with_capacity(items.len());
+        let mut seen = std::mem::take(&mut self.turn_seen);
+        let mut olm_used = false;
+        for item in items {
+            let ack = match item {
+                Item::Olm(bytes) => {
+                    olm_used = true;
+                    self.receive_olm(&peer, &bytes, &mut seen, &mut ops, &mut events)
+                }
+                Item::Sealed(bytes) => self.receive_sealed(&peer, &bytes, &mut ops, &mut events),
+            };
+            acks.push(ack);
+        }
+        self.turn_seen = seen;
+        if olm_used {
+            ops.extend(self.sessions_op(&peer));
+            ops.push(Op::put(
+                DEVICE,
+                OLM_ACCOUNT,
+                self.secrets.to_pickle(&self.pickle_key),
+            ));
+        }
+        self.stage(ops);
+        let response = frame::encode_response(&acks);
+        self.after_commit(move |actor, ok| {
+            if ok {
+                request.respond(response);
+                for event in events {
+                    actor.emit(event);
+                }
+            }
+        });
+    }
+
+    fn receive_sealed(
+        &mut self,
+        peer: &PeerId,
+        bytes: &[u8],
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) -> Ack {
+        let Ok(opened) = envelope::open(&self.identity.account, bytes) else {
+            return Ack::Refused(Refusal::Unreadable);
+        };
+        let Ok(Payload::FriendAccept(accept)) = Payload::decode(&opened.payload) else {
+            return Ack::Refused(Refusal::Unreadable);
+        };
+        let sender = opened.sender;
+        if self.friends.contains_key(&sender.to_bytes()) {
+            return Ack::Stored;
+        }
+        let key = records::friend_key(&self.store, &sender);
+        let Ok(Some(out)) = records::get::<OutgoingRecord>(&self.store, REQUESTS_OUT, &key) else {
+            return Ack::Refused(Refusal::NotFriend);
+        };
+        if !accept
+            .card
+            .devices
+            .iter()
+            .any(|d| d.peer_id == peer.to_bytes())
+        {
+            return Ack::Refused(Refusal::UnknownDevice);
+        }
+        let record = FriendRecord {
+            id: out.to,
+            name: accept.display_name.clone(),
+            card: accept.card.clone(),
+            added_at: Timestamp::now(),
+        };
+        ops.push(records::put(FRIENDS, key.clone(), &record));
+        ops.push(records::delete(REQUESTS_OUT, key));
+        self.register_friend(record);
+        self.drop_due.remove(&sender.to_bytes());
+        self.connected_device(peer);
+        if let Ok(info) = self.friend_info(&sender) {
+            events.push(Event::FriendAdded(info));
+        }
+        Ack::Stored
+    }
+
+    fn connected_device(&mut self, peer: &PeerId) {
+        if let Some(device) = self.devices.get_mut(peer) {
+            device.next_attempt = Instant::now();
+        }
+    }
+
+    fn receive_olm(
+        &mut self,
+        peer: &PeerId,
+        bytes: &[u8],
+        seen: &mut HashSet<MessageId>,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) -> Ack {
+        let Some(friend_bytes) = self.devices.get(peer).map(|d| d.friend) else {
+            return Ack::Refused(Refusal::UnknownDevice);
+        };
+        let Some((account, conversation)) = self
+            .friends
+            .get(&friend_bytes)
+            .map(|f| (f.account, f.conversation))
+        else {
+            return Ack::Refused(Refusal::NotFriend);
+        };
+        let plain = match self.decrypt_from(peer, bytes) {
+            Ok(plain) => plain,
+            Err(refusal) => return Ack::Refused(refusal),
+        };
+        let Ok(payload) = Payload::decode(&plain) else {
+            return Ack::Refused(Refusal::Unreadable);
+        };
+        let history = History::new(&self.store);
+        match payload {
+            Payload::Chat(message) => {
+                if !seen.insert(message.id) {
+                    return Ack::Stored;
+                }
+                let stored = StoredMessage {
+                    message: message.clone(),
+                    author: Author::Friend,
+                    stored_at: Timestamp::now(),
+                };
+                match history.insert_ops(&conversation, stored) {
+                    Ok((Inserted::New, new_ops)) => {
+                        if let Some(last) = self.lamports.get_mut(&conversation) {
+                            *last = (*last).max(message.lamport.0);
+                        }
+                        ops.extend(new_ops);
+                        ops.push(Op::put(
+                            UNREAD,
+                            records::message_key(&conversation, &message.id),
+                            records::encode(&()),
+                        ));
+                        events.push(Event::Message {
+                            friend: account,
+                            message: MessageView {
+                                id: message.id,
+                                author: Author::Friend,
+                                sent_at: message.sent_at,
+                                lamport: message.lamport,
+                                body: message.body,
+                                edited: false,
+                                deleted: false,
+                                state: None,
+                            },
+                        });
+                        Ack::Stored
+                    }
+                    Ok((Inserted::Duplicate, _)) => Ack::Stored,
+                    Err(_) => Ack::Refused(Refusal::Busy),
+                }
+            }
+            Payload::Receipt(receipt) => {
+                let state = match receipt.kind {
+                    ReceiptKind::Delivered => MessageState::Delivered { at: receipt.at },
+                    ReceiptKind::Read => MessageState::Read { at: receipt.at },
+                };
+                for id in receipt.ids {
+                    let key = records::message_key(&conversation, &id);
+                    let Ok(Some(current)) = records::get::<MessageState>(&self.store, STATES, &key)
+                    else {
+                        continue;
+                    };
+                    if current.rank() < state.rank() {
+                        ops.push(records::put(STATES, key, &state));
+                        events.push(Event::State {
+                            friend: account,
+                            id,
+                            state: state.clone(),
+                        });
+                    }
+                }
+                Ack::Stored
+            }
+            Payload::Edit(edit) => {
+                self.receive_change(
+                    &account,
+                    &conversation,
+                    edit.target,
+                    edit.sent_at,
+                    Some(edit.body),
+                    ops,
+                    events,
+                );
+                Ack::Stored
+            }
+            Payload::Delete(delete) => {
+                self.receive_change(
+                    &account,
+                    &conversation,
+                    delete.target,
+                    delete.sent_at,
+                    None,
+                    ops,
+                    events,
+                );
+                Ack::Stored
+            }
+            Payload::Typing(typing) => {
+                events.push(Event::Typing {
+                    friend: account,
+                    active: typing.active,
+                });
+                Ack::Stored
+            }
+            _ => Ack::Stored,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_change(
+        &self,
+        account: &AccountPublicKey,
+        conversation: &[u8; 16],
+        target: MessageId,
+        at: Timestamp,
+        body: Option<String>,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) {
+        let Ok(Some(original)) = History::new(&self.store).get(conversation, target) else {
+            return;
+        };
+        if original.author != Author::Friend {
+            return;
+        }
+        let key = records::message_key(conversation, &target);
+        if let Ok(Some(existing)) = records::get::<EditRecord>(&self.store, EDITS, &key)
+            && (existing.deleted || existing.at >= at)
+        {
+            return;
+        }
+        let record = EditRecord {
+            deleted: body.is_none(),
+            body,
+            at,
+        };
+        ops.push(records::put(EDITS, key, &record));
+        let mut view = MessageView {
+            id: target,
+            author: Author::Friend,
+            sent_at: original.message.sent_at,
+            lamport: original.message.lamport,
+            body: String::new(),
+            edited: !record.deleted,
+            deleted: record.deleted,
+            state: None,
+        };
+        if let Some(body) = record.body {
+            view.body = body;
+        }
+        events.push(Event::Changed {
+            friend: *account,
+            message: view,
+        });
+    }
+
+    // ----- outbound -----
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_poll {
+            self.next_poll = now + self.request_poll;
+            self.start_poll();
+            self.renew_drops();
+        }
+        let due: Vec<[u8; 32]> = self
+            .drop_due
+            .iter()
+            .filter(|(to, (at, _))| *at <= now && !self.dropping.contains(*to))
+            .map(|(to, _)| *to)
+            .collect();
+        for to in due {
+            self.start_drop(to);
+        }
+    }
+
+    fn pump_all(&mut self) {
+        let friends: Vec<[u8; 32]> = self.with_items.iter().copied().collect();
+        for friend in friends {
+            self.pump(&friend);
+        }
+    }
+
+    fn pump(&mut self, friend_bytes: &[u8; 32]) {
+        let now = Instant::now();
+        let Some(friend) = self.friends.get(friend_bytes) else {
+            self.with_items.remove(friend_bytes);
+            return;
+        };
+        // Multi-device fan-out arrives with the device list (issue 6):
+        // until then each friend has one device, the first on their card.
+        let Some(peer) = friend.devices.first().copied() else {
+            return;
+        };
+        let share = friend.record.card.presence.clone();
+        let key = friend.key.clone();
+        let Some(device) = self.devices.get(&peer) else {
+            return;
+        };
+        if device.in_flight || now < device.next_attempt {
+            return;
+        }
+        let addresses = device.addresses.clone();
+        if addresses.is_empty() && !self.connected.contains(&peer) {
+            self.locate(*friend_bytes, share, peer);
+            return;
+        }
+        let items = match records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, MAX_ITEMS) {
+            Ok(items) => items,
+            Err(e) => {
+                self.emit(Event::Problem(format!("outbox unreadable: {e}")));
+                return;
+            }
+        };
+        if items.is_empty() {
+            self.with_items.remove(friend_bytes);
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut batch = Vec::new();
+        let mut sent = Vec::new();
+        let mut bytes = 0;
+        let now_ts = Timestamp::now();
+        for (item_key, item) in items {
+            if item.expires <= now_ts {
+                self.fail(
+                    &item_key,
+                    &item,
+                    "not delivered before its time ran out",
+                    &mut ops,
+                    &mut events,
+                );
+                continue;
+            }
+            let encoded = match &item.body {
+                OutboxBody::Sealed(sealed) => Item::Sealed(sealed.clone()),
+                OutboxBody::Payload(payload) => {
+                    let plain = match payload.encode() {
+                        Ok(plain) => plain,
+                        Err(e) => {
+                            self.fail(&item_key, &item, &e.to_string(), &mut ops, &mut events);
+                            continue;
+                        }
+                    };
+                    match self.encrypt_for(&peer, &plain) {
+                        Ok(olm) => Item::Olm(olm),
+                        Err(e) => {
+                            self.emit(Event::Problem(format!("could not encrypt: {e}")));
+                            break;
+                        }
+                    }
+                }
+            };
+            bytes += encoded.len();
+            batch.push(encoded);
+            sent.push((item_key, item));
+            if bytes >= BATCH_BYTES {
+                break;
+            }
+        }
+        ops.extend(self.sessions_op(&peer));
+        // The ratchet must be on disk before anything it encrypted
+        // leaves: the request goes out after the turn's flush.
+        self.stage(ops);
+        for event in events {
+            self.emit(event);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(device) = self.devices.get_mut(&peer) {
+            device.in_flight = true;
+        }
+        let request = frame::encode_request(&batch);
+        self.after_commit(move |actor, ok| {
+            if !ok {
+                if let Some(device) = actor.devices.get_mut(&peer) {
+                    device.in_flight = false;
+                    device.next_attempt = Instant::now() + jitter(device.backoff);
+                }
+                return;
+            }
+            let net = actor.net.clone();
+            let done = actor.done_tx.clone();
+            tokio::spawn(async move {
+                let result = net.request(peer, addresses, request).await;
+                let _ = done
+                    .send(Done::Sent {
+                        peer,
+                        items: sent,
+                        result,
+                    })
+                    .await;
+            });
+        });
+    }
+
+    fn fail(
+        &mut self,
+        item_key: &[u8],
+        item: &OutboxItem,
+        reason: &str,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) {
+        ops.push(records::delete(OUTBOX, item_key.to_vec()));
+        self.outbox_len = self.outbox_len.saturating_sub(1);
+        if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend)) {
+            let state = MessageState::Failed {
+                reason: reason.to_owned(),
+            };
+            ops.push(records::put(
+                STATES,
+                records::message_key(&friend.conversation, &id),
+                &state,
+            ));
+            events.push(Event::State {
+                friend: friend.account,
+                id,
+                state,
+            });
+        }
+    }
+
+    fn locate(
+        &mut self,
+        friend: [u8; 32],
+        share: kith_proto::presence::PresenceShare,
+        peer: PeerId,
+    ) {
+        let retry_max = self.retry_max;
+        let Some(device) = self.devices.get_mut(&peer) else {
+            return;
+        };
+        // Mark in flight so the lookup is not repeated meanwhile.
+        device.in_flight = true;
+        device.backoff = (device.backoff * 2).min(retry_max);
+        let net = self.net.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let result = net.find_devices(&share).await;
+            let _ = done.send(Done::Located { friend, result }).await;
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Sent {
+                peer,
+                items,
+                result,
+            } => self.on_sent(peer, items, result),
+            Done::Located { friend, result } => {
+                let now = Instant::now();
+                let peers: Vec<PeerId> = self
+                    .friends
+                    .get(&friend)
+                    .map(|f| f.devices.clone())
+                    .unwrap_or_default();
+                let found = result.unwrap_or_default();
+                for peer in peers {
+                    let Some(device) = self.devices.get_mut(&peer) else {
+                        continue;
+                    };
+                    device.in_flight = false;
+                    match found.iter().find(|d| d.peer_id == peer) {
+                        Some(entry) if !entry.addresses.is_empty() => {
+                            device.addresses = entry.addresses.clone();
+                            if let Ok(prekeys) = Prekeys::decode(&entry.prekeys)
+                                && prekeys.identity == device.prekeys.identity
+                            {
+                                device.prekeys = prekeys;
+                            }
+                            device.next_attempt = now;
+                        }
+                        _ => device.next_attempt = now + jitter(device.backoff),
+                    }
+                }
+            }
+            Done::Dropped { to, result } => {
+                self.dropping.remove(&to);
+                self.on_dropped(to, result);
+            }
+            Done::Fetched(result) => {
+                self.polling = false;
+                let count = match result {
+                    Ok(entries) => self.on_fetched(entries),
+                    // Someone is waiting (`kith requests` just after
+                    // start, before the DHT is reachable): try again
+                    // shortly rather than answer "nothing".
+                    Err(_) if !self.poll_waiters.is_empty() && self.poll_retries < POLL_RETRIES => {
+                        self.poll_retries += 1;
+                        self.polling = true;
+                        self.spawn_fetch(POLL_RETRY_DELAY);
+                        return;
+                    }
+                    Err(_) => 0,
+                };
+                self.poll_retries = 0;
+                for reply in std::mem::take(&mut self.poll_waiters) {
+                    self.reply_after_commit(reply, count);
+                }
+            }
+        }
+    }
+
+    fn on_sent(
+        &mut self,
+        peer: PeerId,
+        items: Vec<(Vec<u8>, OutboxItem)>,
+        result: Result<Vec<u8>, NetError>,
+    ) {
+        let (retry_min, retry_max) = (self.retry_min, self.retry_max);
+        let acks = result.map_err(|e| e.to_string()).and_then(|bytes| {
+            frame::decode_response(&bytes, items.len()).map_err(|e| e.to_string())
+        });
+        let Some(device) = self.devices.get_mut(&peer) else {
+            return;
+        };
+        device.in_flight = false;
+        let acks = match acks {
+            Ok(acks) => acks,
+            Err(_) => {
+                device.next_attempt = Instant::now() + jitter(device.backoff);
+                device.backoff = (device.backoff * 2).min(retry_max);
+                // Look the device up again: it may have moved.
+                device.addresses.clear();
+                return;
+            }
+        };
+        device.backoff = retry_min;
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut reset = false;
+        for ((item_key, item), ack) in items.into_iter().zip(acks) {
+            match ack {
+                Ack::Stored => {
+                    ops.push(records::delete(OUTBOX, item_key));
+                    self.outbox_len = self.outbox_len.saturating_sub(1);
+                    if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend))
+                    {
+                        let key = records::message_key(&friend.conversation, &id);
+                        let state = MessageState::Delivered {
+                            at: Timestamp::now(),
+                        };
+                        let current: Option<MessageState> =
+                            records::get(&self.store, STATES, &key).ok().flatten();
+                        if current.is_none_or(|c| c.rank() < state.rank()) {
+                            ops.push(records::put(STATES, key, &state));
+                            events.push(Event::State {
+                                friend: friend.account,
+                                id,
+                                state,
+                            });
+                        }
+                    }
+                }
+                Ack::Refused(Refusal::NoSession) => reset = true,
+                Ack::Refused(Refusal::Busy) => {}
+                Ack::Refused(refusal) => {
+                    let reason = match refusal {
+                        Refusal::NotFriend => "the friend no longer accepts messages from you",
+                        Refusal::UnknownDevice => "the friend's device does not know this device",
+                        _ => "the friend's device could not read it",
+                    };
+                    self.fail(&item_key, &item, reason, &mut ops, &mut events);
+                }
+            }
+        }
+        if reset && let Some(device) = self.devices.get_mut(&peer) {
+            // Their side lost the session: start a fresh one.
+            device.sessions = Some(Vec::new());
+            device.next_attempt = Instant::now() + jitter(retry_min);
+        }
+        if reset {
+            ops.extend(self.sessions_op(&peer));
+        }
+        self.stage(ops);
+        for event in events {
+            self.emit(event);
+        }
+    }
+
+    fn start_poll(&mut self) {
+        if self.polling {
+            return;
+        }
+        self.polling = true;
+        if self.connected.is_empty() {
+            // Not on the network yet: an empty DHT answers "nothing" at
+            // once. Look when the first connection is up.
+            self.poll_deferred = true;
+            return;
+        }
+        self.spawn_fetch(Duration::ZERO);
+    }
+
+    fn spawn_fetch(&self, delay: Duration) {
+        let key = drop_key(&self.identity.account.public(), &self.identity.nospam);
+        let net = self.net.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let result = net.fetch_requests(key).await;
+            let _ = done.send(Done::Fetched(result)).await;
+        });
+    }
+
+    fn on_fetched(&mut self, entries: Vec<DropEntry>) -> usize {
+        let now = now_secs();
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut count = 0;
+        let mut pending =
+            records::all::<IncomingRecord>(&self.store, REQUESTS_IN, MAX_PENDING_REQUESTS)
+                .map(|r| r.len())
+                .unwrap_or(MAX_PENDING_REQUESTS);
+        for entry in entries {
+            let digest: [u8; 32] = Sha256::digest(&entry.sealed).into();
+            if matches!(self.store.get(SEEN_DROPS, &digest[..16]), Ok(Some(_))) {
+                continue;
+            }
+            ops.push(records::put(
+                SEEN_DROPS,
+                digest[..16].to_vec(),
+                &entry.expires,
+            ));
+            let Ok(opened) = envelope::open(&self.identity.account, &entry.sealed) else {
+                continue;
+            };
+            let Ok(Payload::FriendRequest(request)) = Payload::decode(&opened.payload) else {
+                continue;
+            };
+            let sender = opened.sender;
+            // Only the holder of the requester's account key can speak for
+            // it, and only the current ID opens the door.
+            if *request.from.account() != sender || request.to_nospam != self.identity.nospam {
+                continue;
+            }
+            if self.friends.contains_key(&sender.to_bytes()) {
+                continue;
+            }
+            let key = records::friend_key(&self.store, &sender);
+            if matches!(self.store.get(REFUSED, &key), Ok(Some(_))) {
+                continue;
+            }
+            let existing: Option<IncomingRecord> =
+                records::get(&self.store, REQUESTS_IN, &key).ok().flatten();
+            let record = IncomingRecord {
+                request: *request,
+                received_at: Timestamp::now(),
+            };
+            match &existing {
+                Some(previous) => {
+                    let interval =
+                        u64::try_from(REQUEST_UPDATE_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+                    if previous.received_at.0.saturating_add(interval) > record.received_at.0
+                        || previous.request.sent_at >= record.request.sent_at
+                    {
+                        continue;
+                    }
+                }
+                None if pending >= MAX_PENDING_REQUESTS => continue,
+                None => pending += 1,
+            }
+            let mutual = matches!(self.store.get(REQUESTS_OUT, &key), Ok(Some(_)));
+            ops.push(records::put(REQUESTS_IN, key, &record));
+            count += 1;
+            if mutual {
+                // Both asked: accept at once.
+                if self.apply(std::mem::take(&mut ops)).is_ok() && self.accept(&sender).is_ok() {
+                    continue;
+                }
+            } else if existing.is_none() {
+                events.push(Event::Request(request_info(&record)));
+            }
+        }
+        // Forget digests of entries that expired.
+        if let Ok(seen) = records::all::<u64>(&self.store, SEEN_DROPS, 4096) {
+            for (key, expires) in seen {
+                if expires < now {
+                    ops.push(records::delete(SEEN_DROPS, key));
+                }
+            }
+        }
+        if let Err(e) = self.apply(ops) {
+            self.emit(Event::Problem(e.to_string()));
+            return 0;
+        }
+        self.emit_after_commit(events);
+        count
+    }
+
+    fn start_drop(&mut self, to: [u8; 32]) {
+        let Ok(account) = AccountPublicKey::from_bytes(&to) else {
+            self.drop_due.remove(&to);
+            return;
+        };
+        let key = records::friend_key(&self.store, &account);
+        let Ok(Some(out)) = records::get::<OutgoingRecord>(&self.store, REQUESTS_OUT, &key) else {
+            self.drop_due.remove(&to);
+            return;
+        };
+        self.dropping.insert(to);
+        let net = self.net.clone();
+        let done = self.done_tx.clone();
+        let drop_at = drop_key(out.to.account(), &out.to.nospam());
+        let entry = DropEntry {
+            expires: out.expires,
+            sealed: out.sealed,
+        };
+        tokio::spawn(async move {
+            let result = net.drop_request(drop_at, entry).await;
+            let _ = done.send(Done::Dropped { to, result }).await;
+        });
+    }
+
+    fn on_dropped(&mut self, to: [u8; 32], result: Result<(), NetError>) {
+        match result {
+            Ok(()) => {
+                self.drop_due.remove(&to);
+                let Ok(account) = AccountPublicKey::from_bytes(&to) else {
+                    return;
+                };
+                let key = records::friend_key(&self.store, &account);
+                if let Ok(Some(mut out)) =
+                    records::get::<OutgoingRecord>(&self.store, REQUESTS_OUT, &key)
+                {
+                    out.dropped = true;
+                    let _ = self.apply(vec![records::put(REQUESTS_OUT, key, &out)]);
+                }
+            }
+            Err(_) => {
+                let retry_max = self.retry_max;
+                let entry = self
+                    .drop_due
+                    .entry(to)
+                    .or_insert((Instant::now(), self.retry_min));
+                entry.1 = (entry.1 * 2).min(retry_max);
+                entry.0 = Instant::now() + jitter(entry.1);
+            }
+        }
+    }
+
+    /// Places unanswered requests again before their drop entries expire.
+    fn renew_drops(&mut self) {
+        let now = now_secs();
+        let Ok(outgoing) =
+            records::all::<OutgoingRecord>(&self.store, REQUESTS_OUT, MAX_PENDING_REQUESTS)
+        else {
+            return;
+        };
+        let mut ops = Vec::new();
+        for (key, mut out) in outgoing {
+            let first_sent = out.sent_at.0 / 1000;
+            if out.expires > now + DROP_RENEW_SECS || now > first_sent + REQUEST_LIFETIME_SECS {
+                continue;
+            }
+            let request = FriendRequest {
+                from: self.my_id(),
+                to_nospam: out.to.nospam(),
+                display_name: self.display_name.clone(),
+                message: out.message.clone(),
+                sent_at: out.sent_at,
+                card: self.my_card(),
+            };
+            let Ok(sealed) = self.seal_request(out.to.account(), request) else {
+                continue;
+            };
+            out.sealed = sealed;
+            out.expires = now + DROP_TTL_SECS;
+            out.dropped = false;
+            self.drop_due.insert(
+                out.to.account().to_bytes(),
+                (Instant::now(), self.retry_min),
+            );
+            ops.push(records::put(REQUESTS_OUT, key, &out));
+        }
+        let _ = self.apply(ops);
+    }
+}
+
+fn request_info(record: &IncomingRecord) -> RequestInfo {
+    RequestInfo {
+        account: *record.request.from.account(),
+        id: record.request.from,
+        name: record.request.display_name.clone(),
+        message: record.request.message.clone(),
+        sent_at: record.request.sent_at,
+    }
+}

@@ -1,0 +1,201 @@
+//! What one device sends another over the direct message protocol
+//! (`/kith/msg/1.0.0`, see `docs/messaging.md`).
+//!
+//! A request carries a batch of items, each either an Olm message of the
+//! session between the two devices or a sealed envelope to the receiving
+//! account (used for the friend acceptance, before any session exists).
+//! The response carries one [`Ack`] per item, in order, sent only after the
+//! receiver has durably stored what the items said: an [`Ack::Stored`] is
+//! the delivery receipt.
+//!
+//! Both are `version (1) | postcard`, decoded with a size limit first and
+//! an item count limit, never panicking on any input.
+
+use serde::{Deserialize, Serialize};
+
+/// Version byte of requests and responses.
+pub const FRAME_VERSION: u8 = 1;
+/// Largest request, in bytes (the network layer enforces the same bound).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest response, in bytes.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
+/// Most items in one request.
+pub const MAX_ITEMS: usize = 512;
+/// A batch stops growing at this many bytes of items, leaving room under
+/// [`MAX_REQUEST_BYTES`] for framing.
+pub const BATCH_BYTES: usize = 768 * 1024;
+
+/// One item of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Item {
+    /// An Olm message of the session between the two devices.
+    Olm(Vec<u8>),
+    /// A sealed envelope to the receiving account.
+    Sealed(Vec<u8>),
+}
+
+impl Item {
+    /// Bytes it carries.
+    pub fn len(&self) -> usize {
+        match self {
+            Item::Olm(b) | Item::Sealed(b) => b.len(),
+        }
+    }
+
+    /// Whether it carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a receiver did not keep an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The item does not decode or decrypt to anything valid; sending it
+    /// again will not help.
+    Unreadable,
+    /// The sending device is not a known device of a friend.
+    UnknownDevice,
+    /// The receiver holds no session this message belongs to (it lost its
+    /// state, say): the sender should start a new session and resend.
+    NoSession,
+    /// The sender is not (or no longer) a friend.
+    NotFriend,
+    /// The receiver could not store it right now; try again later.
+    Busy,
+}
+
+/// The receiver's answer for one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ack {
+    /// Stored durably (or already held).
+    Stored,
+    /// Not kept.
+    Refused(Refusal),
+}
+
+/// Why a request or response did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Over its size limit; refused unread.
+    #[error("frame of {found} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Bytes given.
+        found: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An unknown version byte.
+    #[error("frame version {found} is not supported")]
+    UnknownVersion {
+        /// The byte found.
+        found: u8,
+    },
+    /// More items than [`MAX_ITEMS`], or none.
+    #[error("a frame must carry between 1 and {MAX_ITEMS} items, this carries {found}")]
+    ItemCount {
+        /// How many.
+        found: usize,
+    },
+    /// Not a frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, FrameError> {
+    if bytes.len() > max {
+        return Err(FrameError::TooLarge {
+            found: bytes.len(),
+            max,
+        });
+    }
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| FrameError::Malformed("empty".into()))?;
+    if version != FRAME_VERSION {
+        return Err(FrameError::UnknownVersion { found: version });
+    }
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain vectors into a Vec cannot fail.
+    postcard::to_extend(value, vec![FRAME_VERSION]).unwrap_or_default()
+}
+
+/// Encodes a request.
+pub fn encode_request(items: &[Item]) -> Vec<u8> {
+    encode(&items)
+}
+
+/// Decodes a request.
+pub fn decode_request(bytes: &[u8]) -> Result<Vec<Item>, FrameError> {
+    let items: Vec<Item> = decode(bytes, MAX_REQUEST_BYTES)?;
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(FrameError::ItemCount { found: items.len() });
+    }
+    Ok(items)
+}
+
+/// Encodes a response.
+pub fn encode_response(acks: &[Ack]) -> Vec<u8> {
+    encode(&acks)
+}
+
+/// Decodes a response to a request of `items` items.
+pub fn decode_response(bytes: &[u8], items: usize) -> Result<Vec<Ack>, FrameError> {
+    let acks: Vec<Ack> = decode(bytes, MAX_RESPONSE_BYTES)?;
+    if acks.len() != items {
+        return Err(FrameError::ItemCount { found: acks.len() });
+    }
+    Ok(acks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let items = vec![Item::Olm(vec![1, 2, 3]), Item::Sealed(vec![4; 100])];
+        assert_eq!(decode_request(&encode_request(&items)).unwrap(), items);
+        let acks = vec![Ack::Stored, Ack::Refused(Refusal::NoSession)];
+        assert_eq!(decode_response(&encode_response(&acks), 2).unwrap(), acks);
+    }
+
+    #[test]
+    fn bad_frames_get_typed_errors() {
+        assert!(matches!(decode_request(&[]), Err(FrameError::Malformed(_))));
+        assert_eq!(
+            decode_request(&[7, 0]),
+            Err(FrameError::UnknownVersion { found: 7 })
+        );
+        assert_eq!(
+            decode_request(&encode_request(&[])),
+            Err(FrameError::ItemCount { found: 0 })
+        );
+        assert!(matches!(
+            decode_request(&vec![FRAME_VERSION; MAX_REQUEST_BYTES + 1]),
+            Err(FrameError::TooLarge { .. })
+        ));
+        // A length prefix promising more than is there.
+        assert!(matches!(
+            decode_request(&[FRAME_VERSION, 1, 0, 0xff, 0xff, 0x03]),
+            Err(FrameError::Malformed(_))
+        ));
+        let acks = encode_response(&[Ack::Stored]);
+        assert_eq!(
+            decode_response(&acks, 2),
+            Err(FrameError::ItemCount { found: 1 })
+        );
+    }
+}

@@ -1,0 +1,572 @@
+//! Running the engine for the terminal client: in the background as
+//! `kith daemon`, or for the length of one command.
+//!
+//! A profile's store can be open in one process at a time, so while
+//! `kith daemon` runs it owns the profile and listens on a Unix socket,
+//! `<profile>/kith.sock` (in the profile's 0700 folder: only the user can
+//! connect). Every other `kith` command first tries that socket; with no
+//! daemon running it starts the engine itself, does its work, waits a
+//! little for the network where that helps (a message to be delivered, a
+//! request to be placed), and stops. Anything queued stays in the durable
+//! outbox and goes out the next time the profile runs.
+//!
+//! The socket speaks JSON lines: one [`Request`] per line, answered by one
+//! line `{"ok": …}` or `{"error": "…"}`; after `{"subscribe": …}` the
+//! daemon keeps writing `{"event": …}` lines until the client hangs up.
+//! Both paths produce the same JSON, which the command line prints as is
+//! (`--json`) or as text.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kith_core::engine::{
+    self, Engine, EngineError, Event, FriendInfo, MessageState, MessageView, RequestInfo,
+};
+use kith_core::history::Author;
+use kith_proto::KithId;
+use kith_proto::wire::MessageId;
+use kith_store::profile::Profile;
+use kith_store::{Passphrase, SledBackend, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+
+/// Longest request line the daemon reads.
+const MAX_LINE: usize = 64 * 1024;
+/// Events a slow subscriber may fall behind by before it misses some.
+const EVENT_BACKLOG: usize = 1024;
+/// Most clients served at once.
+const MAX_CLIENTS: usize = 64;
+
+/// What a command asks the engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// The engine's state.
+    Status,
+    /// Send a friend request.
+    Add {
+        /// Their ID.
+        id: String,
+        /// A note.
+        message: String,
+    },
+    /// List requests (after checking the drop).
+    Requests,
+    /// Accept a request.
+    Accept {
+        /// Who.
+        who: String,
+    },
+    /// Decline a request.
+    Decline {
+        /// Who.
+        who: String,
+    },
+    /// Block someone.
+    Block {
+        /// Who.
+        who: String,
+    },
+    /// List friends.
+    Friends,
+    /// Send a message.
+    Send {
+        /// To whom.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Edit one of our messages.
+    Edit {
+        /// The friend.
+        to: String,
+        /// The message ID (hex).
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of our messages.
+    Delete {
+        /// The friend.
+        to: String,
+        /// The message ID (hex).
+        message: String,
+    },
+    /// Read a conversation (marks it read).
+    History {
+        /// The friend.
+        with: String,
+        /// How many messages.
+        limit: usize,
+    },
+    /// Typing indicator.
+    Typing {
+        /// To whom.
+        to: String,
+        /// On or off.
+        active: bool,
+    },
+    /// The safety number with a friend.
+    Safety {
+        /// The friend.
+        with: String,
+    },
+    /// Rotate the nospam.
+    RotateNospam,
+    /// Set the display name.
+    SetName {
+        /// The name.
+        name: String,
+    },
+    /// Stream events.
+    Subscribe,
+}
+
+/// Why a command could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The engine could not start.
+    #[error("could not start: {0}")]
+    Start(String),
+    /// The daemon's answer could not be read.
+    #[error("the daemon: {0}")]
+    Daemon(String),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How to start an engine for a profile.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Bootstrap nodes.
+    pub bootstrap: Vec<kith_net::Multiaddr>,
+    /// Listen addresses (default: every interface, TCP and QUIC, any port).
+    pub listen: Vec<kith_net::Multiaddr>,
+    /// Find peers on the LAN.
+    pub mdns: bool,
+    /// How often to look for friend requests.
+    pub request_poll: Option<Duration>,
+}
+
+/// The control socket of a profile.
+pub fn socket_path(profile: &Profile) -> PathBuf {
+    profile.dir().join("kith.sock")
+}
+
+/// The passphrase from `KITH_PASSPHRASE`, if set.
+pub fn passphrase_from_env() -> Option<Passphrase> {
+    std::env::var("KITH_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(Passphrase::new)
+}
+
+/// Opens the profile's store and starts its engine.
+pub fn start_engine(
+    profile: &Profile,
+    passphrase: Option<Passphrase>,
+    options: &NodeOptions,
+) -> Result<(Engine, impl futures::Stream<Item = Event> + Unpin + use<>), ControlError> {
+    let identity = profile
+        .load_identity(passphrase.as_ref())
+        .map_err(|e| ControlError::Start(e.to_string()))?;
+    let backend = SledBackend::open(&profile.dir().join("db"))
+        .map_err(|e| ControlError::Start(format!("the profile's database: {e}")))?;
+    let store = Store::open(
+        std::sync::Arc::new(backend),
+        passphrase.as_ref(),
+        kith_core::SCHEMA_VERSION,
+        &[],
+    )
+    .map_err(|e| ControlError::Start(e.to_string()))?;
+    let mut net = kith_net::Config::new(identity.device.clone(), kith_net::Role::Client);
+    net.bootstrap = options.bootstrap.clone();
+    net.listen = if options.listen.is_empty() {
+        vec![
+            "/ip4/0.0.0.0/tcp/0"
+                .parse()
+                .map_err(|_| ControlError::Invalid("listen".into()))?,
+            "/ip4/0.0.0.0/udp/0/quic-v1"
+                .parse()
+                .map_err(|_| ControlError::Invalid("listen".into()))?,
+        ]
+    } else {
+        options.listen.clone()
+    };
+    net.mdns = options.mdns;
+    let mut config = engine::Config::new(identity, store, net);
+    config.display_name = profile.name().to_owned();
+    config.profile = Some((profile.clone(), passphrase));
+    if let Some(poll) = options.request_poll {
+        config.request_poll = poll;
+    }
+    engine::start(config).map_err(|e| ControlError::Start(e.to_string()))
+}
+
+/// Parses a message ID given as 32 hex digits.
+fn message_id(text: &str) -> Result<MessageId, ControlError> {
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(|| {
+            ControlError::Invalid(format!("'{text}' is not a message ID (32 hex digits)"))
+        })?;
+    Ok(MessageId(bytes))
+}
+
+fn state_json(state: &MessageState) -> Value {
+    match state {
+        MessageState::Queued => json!({"state": "queued"}),
+        MessageState::Delivered { at } => json!({"state": "delivered", "at": at.0}),
+        MessageState::Read { at } => json!({"state": "read", "at": at.0}),
+        MessageState::Failed { reason } => json!({"state": "failed", "reason": reason}),
+    }
+}
+
+fn message_json(message: &MessageView) -> Value {
+    json!({
+        "id": message.id.to_string(),
+        "from": match message.author { Author::Me => "me", Author::Friend => "friend" },
+        "sent_at": message.sent_at.0,
+        "lamport": message.lamport.0,
+        "body": message.body,
+        "edited": message.edited,
+        "deleted": message.deleted,
+        "state": message.state.as_ref().map(state_json),
+    })
+}
+
+fn friend_json(friend: &FriendInfo) -> Value {
+    json!({
+        "name": friend.name,
+        "id": friend.id.to_string(),
+        "account_key": friend.account.to_hex(),
+        "online": friend.online,
+        "unread": friend.unread,
+        "queued": friend.queued,
+    })
+}
+
+fn request_json(request: &RequestInfo) -> Value {
+    json!({
+        "name": request.name,
+        "id": request.id.to_string(),
+        "account_key": request.account.to_hex(),
+        "message": request.message,
+        "sent_at": request.sent_at.0,
+    })
+}
+
+/// An engine event as JSON.
+pub fn event_json(event: &Event) -> Value {
+    match event {
+        Event::Request(r) => json!({"type": "request", "request": request_json(r)}),
+        Event::FriendAdded(f) => json!({"type": "friend_added", "friend": friend_json(f)}),
+        Event::Message { friend, message } => json!({
+            "type": "message", "friend": friend.to_hex(), "message": message_json(message)
+        }),
+        Event::State { friend, id, state } => json!({
+            "type": "state", "friend": friend.to_hex(), "id": id.to_string(), "state": state_json(state)
+        }),
+        Event::Changed { friend, message } => json!({
+            "type": "changed", "friend": friend.to_hex(), "message": message_json(message)
+        }),
+        Event::Typing { friend, active } => json!({
+            "type": "typing", "friend": friend.to_hex(), "active": active
+        }),
+        Event::Presence { friend, online } => json!({
+            "type": "presence", "friend": friend.to_hex(), "online": online
+        }),
+        Event::Problem(text) => json!({"type": "problem", "text": text}),
+        _ => json!({"type": "other"}),
+    }
+}
+
+/// Runs one request against an engine.
+pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, ControlError> {
+    Ok(match request {
+        Request::Status => {
+            let status = engine.status().await?;
+            json!({
+                "id": status.id.to_string(),
+                "device": status.peer_id.to_string(),
+                "listen": status.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "connected": status.connected,
+                "outbox": status.outbox,
+            })
+        }
+        Request::Add { id, message } => {
+            let id = KithId::parse(id)
+                .map_err(|e| ControlError::Invalid(format!("invalid Kith ID: {e}")))?;
+            engine.add(id, message.clone()).await?;
+            json!({"requested": id.to_string()})
+        }
+        Request::Requests => {
+            // A fresh look first; a failure to reach the DHT still lists
+            // what is known.
+            let _ = tokio::time::timeout(Duration::from_secs(10), engine.check_requests()).await;
+            let (incoming, outgoing) = engine.requests().await?;
+            json!({
+                "incoming": incoming.iter().map(request_json).collect::<Vec<_>>(),
+                "outgoing": outgoing.iter().map(|o| json!({
+                    "id": o.id.to_string(), "sent_at": o.sent_at.0, "placed": o.dropped
+                })).collect::<Vec<_>>(),
+            })
+        }
+        Request::Accept { who } => {
+            let account = engine.resolve(who).await?;
+            let friend = engine.accept(account).await?;
+            friend_json(&friend)
+        }
+        Request::Decline { who } => {
+            let account = engine.resolve(who).await?;
+            engine.decline(account).await?;
+            json!({"declined": account.to_hex()})
+        }
+        Request::Block { who } => {
+            let account = engine.resolve(who).await?;
+            engine.block(account).await?;
+            json!({"blocked": account.to_hex()})
+        }
+        Request::Friends => {
+            let friends = engine.friends().await?;
+            Value::Array(friends.iter().map(friend_json).collect())
+        }
+        Request::Send { to, text } => {
+            let friend = engine.resolve(to).await?;
+            let id = engine.send(friend, text.clone()).await?;
+            json!({"id": id.to_string(), "friend": friend.to_hex(), "state": state_json(&MessageState::Queued)})
+        }
+        Request::Edit { to, message, text } => {
+            let friend = engine.resolve(to).await?;
+            engine
+                .edit(friend, message_id(message)?, text.clone())
+                .await?;
+            json!({"edited": message})
+        }
+        Request::Delete { to, message } => {
+            let friend = engine.resolve(to).await?;
+            engine.delete(friend, message_id(message)?).await?;
+            json!({"deleted": message})
+        }
+        Request::History { with, limit } => {
+            let friend = engine.resolve(with).await?;
+            let mut messages = Vec::new();
+            let mut older = None;
+            let mut remaining = *limit;
+            while remaining > 0 {
+                let page = engine.history(friend, older, remaining.min(500)).await?;
+                remaining = remaining.saturating_sub(page.messages.len());
+                let mut batch: Vec<Value> = page.messages.iter().map(message_json).collect();
+                batch.append(&mut messages);
+                messages = batch;
+                older = page.older;
+                if older.is_none() {
+                    break;
+                }
+            }
+            engine.mark_read(friend).await?;
+            Value::Array(messages)
+        }
+        Request::Typing { to, active } => {
+            let friend = engine.resolve(to).await?;
+            engine.typing(friend, *active).await?;
+            json!({})
+        }
+        Request::Safety { with } => {
+            let friend = engine.resolve(with).await?;
+            let number = engine.safety_number(&friend);
+            json!({"friend": friend.to_hex(), "safety_number": number.to_string()})
+        }
+        Request::RotateNospam => {
+            let id = engine.rotate_nospam().await?;
+            json!({"id": id.to_string()})
+        }
+        Request::SetName { name } => {
+            engine.set_name(name.clone()).await?;
+            json!({"name": name})
+        }
+        Request::Subscribe => json!({}),
+    })
+}
+
+/// Serves the control socket until `shutdown` resolves.
+pub async fn serve(
+    engine: Engine,
+    mut events: impl futures::Stream<Item = Event> + Unpin,
+    socket: &Path,
+    mut out: impl FnMut(&Event),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
+    // A socket left by a daemon that died: nobody answers on it.
+    if socket.exists() {
+        if UnixStream::connect(socket).await.is_ok() {
+            return Err(ControlError::Start(
+                "a kith daemon is already running for this profile".into(),
+            ));
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| ControlError::Start(format!("{}: {e}", socket.display())))?;
+    let (event_tx, _) = broadcast::channel(EVENT_BACKLOG);
+    let clients = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = events.next() => match event {
+                Some(event) => {
+                    out(&event);
+                    let _ = event_tx.send(event_json(&event));
+                }
+                None => break,
+            },
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let Ok(permit) = clients.clone().try_acquire_owned() else { continue };
+                let engine = engine.clone();
+                let events = event_tx.subscribe();
+                tokio::spawn(async move {
+                    let _ = serve_client(&engine, stream, events).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    let _ = engine.shutdown().await;
+    Ok(())
+}
+
+async fn serve_client(
+    engine: &Engine,
+    stream: UnixStream,
+    mut events: broadcast::Receiver<Value>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines =
+        BufReader::new(read.take(u64::try_from(MAX_LINE * 64).unwrap_or(u64::MAX))).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.len() > MAX_LINE {
+            write_line(&mut write, &json!({"error": "request too long"})).await?;
+            continue;
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(e) => {
+                write_line(&mut write, &json!({"error": format!("bad request: {e}")})).await?;
+                continue;
+            }
+        };
+        if matches!(request, Request::Subscribe) {
+            write_line(&mut write, &json!({"ok": {}})).await?;
+            // Forward events until the client hangs up or sends more.
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(event) => write_line(&mut write, &json!({"event": event})).await?,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            write_line(&mut write, &json!({"event": {"type": "lagged", "missed": n}})).await?;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+                    line = lines.next_line() => match line? {
+                        None => return Ok(()),
+                        Some(line) => {
+                            let reply = match serde_json::from_str::<Request>(&line) {
+                                Ok(request) => answer(engine, &request).await,
+                                Err(e) => json!({"error": format!("bad request: {e}")}),
+                            };
+                            write_line(&mut write, &reply).await?;
+                        }
+                    },
+                }
+            }
+        }
+        let reply = answer(engine, &request).await;
+        write_line(&mut write, &reply).await?;
+    }
+    Ok(())
+}
+
+async fn answer(engine: &Engine, request: &Request) -> Value {
+    match execute(engine, request).await {
+        Ok(value) => json!({"ok": value}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+async fn write_line(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    value: &Value,
+) -> std::io::Result<()> {
+    let mut line = value.to_string();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// A connection to a running daemon.
+pub struct DaemonClient {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl DaemonClient {
+    /// Connects to the profile's daemon, if one runs.
+    pub async fn connect(profile: &Profile) -> Option<Self> {
+        let stream = UnixStream::connect(socket_path(profile)).await.ok()?;
+        let (read, write) = stream.into_split();
+        Some(Self {
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    /// Sends one request and reads its answer.
+    pub async fn call(&mut self, request: &Request) -> Result<Value, ControlError> {
+        let line =
+            serde_json::to_string(request).map_err(|e| ControlError::Daemon(e.to_string()))?;
+        write_line(
+            &mut self.write,
+            &serde_json::from_str(&line).unwrap_or(Value::Null),
+        )
+        .await
+        .map_err(|e| ControlError::Daemon(e.to_string()))?;
+        let answer = self.next().await?;
+        match answer {
+            Value::Object(mut map) => {
+                if let Some(ok) = map.remove("ok") {
+                    Ok(ok)
+                } else if let Some(Value::String(error)) = map.remove("error") {
+                    Err(ControlError::Daemon(error))
+                } else {
+                    Err(ControlError::Daemon("unexpected answer".into()))
+                }
+            }
+            _ => Err(ControlError::Daemon("unexpected answer".into())),
+        }
+    }
+
+    /// The next line from the daemon.
+    pub async fn next(&mut self) -> Result<Value, ControlError> {
+        let line = self
+            .lines
+            .next_line()
+            .await
+            .map_err(|e| ControlError::Daemon(e.to_string()))?
+            .ok_or_else(|| ControlError::Daemon("the daemon closed the connection".into()))?;
+        serde_json::from_str(&line).map_err(|e| ControlError::Daemon(e.to_string()))
+    }
+}

@@ -1,0 +1,277 @@
+//! Helpers for the cross-crate scenarios in `tests/tests/`: find the real
+//! `kith` and `kithd` binaries that `cargo test --workspace` built, start
+//! them on loopback in a fresh `KITH_HOME`, and drive them as a user would.
+//!
+//! Every address used is on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use std::ops::Bound;
+
+use anyhow::{Context, bail};
+use kith_store::{Backend, Direction, SledBackend};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Listen address for every process.
+pub const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// A binary built by this workspace (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let here = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let dir = here
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary location")?;
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!(
+            "{} is missing: run the scenarios with `cargo test --workspace`, which builds it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+}
+
+impl Proc {
+    /// Stops it with SIGTERM and waits up to 20 s.
+    pub fn terminate(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("process {pid} did not stop on SIGTERM")
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `kithd` on loopback with a fresh data folder.
+pub fn start_kithd(data: &Path) -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(binary("kithd")?)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", LOOPBACK, "--no-metrics"])
+        .env("KITHD_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("kithd stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    Ok((Proc { child }, line.trim().to_owned()))
+}
+
+/// One user of the `kith` binary: a profile in a shared `KITH_HOME`.
+#[derive(Clone)]
+pub struct User {
+    /// The profile name.
+    pub name: String,
+    /// `KITH_HOME`.
+    pub home: PathBuf,
+    /// Bootstrap address.
+    pub bootstrap: String,
+    /// Extra environment (a passphrase, say).
+    pub env: Vec<(String, String)>,
+}
+
+impl User {
+    /// A user of profile `name`.
+    pub fn new(home: &Path, name: &str, bootstrap: &str) -> Self {
+        Self {
+            name: name.into(),
+            home: home.into(),
+            bootstrap: bootstrap.into(),
+            env: Vec::new(),
+        }
+    }
+
+    fn command(&self) -> anyhow::Result<Command> {
+        let mut command = Command::new(binary("kith")?);
+        command
+            .env("KITH_HOME", &self.home)
+            .env_remove("KITH_PASSPHRASE")
+            .env_remove("KITH_BOOTSTRAP")
+            .args(["--profile", &self.name, "--listen", LOOPBACK])
+            .args(["--bootstrap", &self.bootstrap]);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        Ok(command)
+    }
+
+    /// Runs `kith <args>` and returns its output, whatever the status.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.command()?.args(args).stdin(Stdio::null()).output()?)
+    }
+
+    /// Runs `kith --json <args>`, which must succeed, and parses its output.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let output = self
+            .command()?
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "kith {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "kith {} printed {:?}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// Starts `kith daemon`; returns once its control socket answers.
+    pub fn daemon(&self) -> anyhow::Result<Proc> {
+        let mut child = self
+            .command()?
+            .args(["--json", "daemon"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().context("daemon stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let first: Value =
+            serde_json::from_str(&line).with_context(|| format!("daemon printed {line:?}"))?;
+        if first["daemon"] != self.name.as_str() {
+            bail!("unexpected first line {line}");
+        }
+        // Keep reading so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        Ok(Proc { child })
+    }
+
+    /// The profile folder.
+    pub fn dir(&self) -> PathBuf {
+        self.home.join("profiles").join(&self.name)
+    }
+
+    /// Opens the daemon's control socket.
+    pub fn control(&self) -> anyhow::Result<Control> {
+        let stream = UnixStream::connect(self.dir().join("kith.sock"))?;
+        Ok(Control {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+}
+
+/// A raw connection to a daemon's control socket.
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    /// Sends one request line and reads the answer line.
+    pub fn call(&mut self, request: &Value) -> anyhow::Result<Value> {
+        writeln!(self.writer, "{request}")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("the daemon closed the connection");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+/// Retries `check` every 200 ms until it returns `Some` or `limit` passes.
+pub fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + limit;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    match last_error {
+        Some(e) => bail!("timed out waiting for {what}; last error: {e:#}"),
+        None => bail!("timed out waiting for {what}"),
+    }
+}
+
+/// What a profile holds, to show a failed command changed nothing: every
+/// file outside the database with a hash of its bytes, and every entry of
+/// the database. (The database is compared by content because sled
+/// rewrites its own snapshot files whenever it is opened.) No process may
+/// have the profile open.
+pub fn snapshot(dir: &Path) -> anyhow::Result<BTreeMap<PathBuf, String>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() && path.file_name() == Some("db".as_ref()) {
+                let db = SledBackend::open(&path)?;
+                for tree in db.trees()? {
+                    let entries = db.range(
+                        &tree,
+                        Bound::Unbounded,
+                        Bound::Unbounded,
+                        Direction::Forward,
+                        usize::MAX,
+                    )?;
+                    for (key, value) in entries {
+                        let name = path.join(&tree).join(hex::encode(&key));
+                        out.insert(name, hex::encode(Sha256::digest(&value)));
+                    }
+                }
+            } else if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path)?;
+                out.insert(path, hex::encode(Sha256::digest(&bytes)));
+            }
+        }
+    }
+    Ok(out)
+}
