@@ -25,10 +25,18 @@ pub const MAX_ITEMS: usize = 512;
 /// [`MAX_REQUEST_BYTES`] for framing.
 pub const BATCH_BYTES: usize = 768 * 1024;
 
+/// Most bytes of payload frames one bundle (one Olm message) carries.
+pub const MAX_BUNDLE_BYTES: usize = 80 * 1024;
+/// A sender closes a bundle once it holds this many bytes.
+pub const BUNDLE_TARGET_BYTES: usize = 60 * 1024;
+/// Most payloads in one bundle.
+pub const MAX_BUNDLE_PAYLOADS: usize = 1024;
+
 /// One item of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Item {
-    /// An Olm message of the session between the two devices.
+    /// An Olm message of the session between the two devices; its
+    /// plaintext is a bundle of payload frames ([`encode_bundle`]).
     Olm(Vec<u8>),
     /// A sealed envelope to the receiving account.
     Sealed(Vec<u8>),
@@ -146,6 +154,23 @@ pub fn decode_request(bytes: &[u8]) -> Result<Vec<Item>, FrameError> {
     Ok(items)
 }
 
+/// Encodes a bundle: the plaintext of one Olm message, carrying one or
+/// more wire payload frames, acknowledged together.
+pub fn encode_bundle(payloads: &[Vec<u8>]) -> Vec<u8> {
+    encode(&payloads)
+}
+
+/// Decodes a bundle.
+pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
+    let payloads: Vec<Vec<u8>> = decode(bytes, MAX_BUNDLE_BYTES)?;
+    if payloads.is_empty() || payloads.len() > MAX_BUNDLE_PAYLOADS {
+        return Err(FrameError::ItemCount {
+            found: payloads.len(),
+        });
+    }
+    Ok(payloads)
+}
+
 /// Encodes a response.
 pub fn encode_response(acks: &[Ack]) -> Vec<u8> {
     encode(&acks)
@@ -170,6 +195,20 @@ mod tests {
         assert_eq!(decode_request(&encode_request(&items)).unwrap(), items);
         let acks = vec![Ack::Stored, Ack::Refused(Refusal::NoSession)];
         assert_eq!(decode_response(&encode_response(&acks), 2).unwrap(), acks);
+    }
+
+    #[test]
+    fn bundles_round_trip_and_are_bounded() {
+        let payloads = vec![vec![1; 10], vec![2; 300]];
+        assert_eq!(decode_bundle(&encode_bundle(&payloads)).unwrap(), payloads);
+        assert_eq!(
+            decode_bundle(&encode_bundle(&[])),
+            Err(FrameError::ItemCount { found: 0 })
+        );
+        assert!(matches!(
+            decode_bundle(&vec![FRAME_VERSION; MAX_BUNDLE_BYTES + 1]),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

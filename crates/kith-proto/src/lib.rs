@@ -7,10 +7,13 @@
 //!   checksum — as 63 case-insensitive characters, a `kith:` link, or a QR
 //!   code ([`qr`]), with parse errors that say what the person got wrong.
 //! - [`safety`]: the safety number two friends compare out of band.
-//! - [`wire`]: versioned, size-limited message types (friend request, chat
-//!   message, receipt) in a compact postcard encoding.
+//! - [`wire`]: versioned, size-limited message types (friend request and
+//!   acceptance with contact cards, chat message, receipt, typing, edit,
+//!   delete) in a compact postcard encoding.
 //! - [`presence`]: presence records, the DHT entries that tell friends (and
 //!   only friends) where a person's devices can be reached.
+//! - [`request_drop`]: request drops, the DHT records where strangers who
+//!   hold someone's Kith ID leave sealed friend requests.
 //! - [`envelope`]: sealed envelopes for one-off items (friend requests,
 //!   mailbox contents): X25519 ephemeral-static agreement, HKDF-SHA256 and
 //!   XChaCha20-Poly1305 around a payload signed by the sender's account key.

@@ -32,7 +32,7 @@ use super::{
     MAX_PENDING_REQUESTS, MessageView, OutgoingInfo, REQUEST_UPDATE_INTERVAL, Reply, RequestInfo,
     StartError, Status,
 };
-use crate::frame::{self, Ack, BATCH_BYTES, Item, MAX_ITEMS, Refusal};
+use crate::frame::{self, Ack, BATCH_BYTES, BUNDLE_TARGET_BYTES, Item, MAX_ITEMS, Refusal};
 use crate::history::{Author, History, Inserted, StoredMessage};
 use crate::records::{
     self, DEVICE, DISPLAY_NAME, EDITS, EditRecord, FRIENDS, FriendRecord, IncomingRecord,
@@ -70,7 +70,7 @@ type Waiter = Box<dyn FnOnce(&mut Actor, bool) + Send>;
 enum Done {
     Sent {
         peer: PeerId,
-        items: Vec<(Vec<u8>, OutboxItem)>,
+        items: Vec<Vec<(Vec<u8>, OutboxItem)>>,
         result: Result<Vec<u8>, NetError>,
     },
     Located {
@@ -82,6 +82,14 @@ enum Done {
         result: Result<(), NetError>,
     },
     Fetched(Result<Vec<DropEntry>, NetError>),
+}
+
+/// Payloads being gathered into one Olm message.
+#[derive(Default)]
+struct Bundle {
+    payloads: Vec<Vec<u8>>,
+    items: Vec<(Vec<u8>, OutboxItem)>,
+    bytes: usize,
 }
 
 struct Friend {
@@ -1017,7 +1025,7 @@ impl Actor {
         let Ok(plain) = Payload::Typing(Typing { active }).encode() else {
             return;
         };
-        let Ok(olm) = self.encrypt_for(&peer, &plain) else {
+        let Ok(olm) = self.encrypt_for(&peer, &frame::encode_bundle(&[plain])) else {
             return;
         };
         let op = self.sessions_op(&peer);
@@ -1371,14 +1379,43 @@ impl Actor {
             Ok(plain) => plain,
             Err(refusal) => return Ack::Refused(refusal),
         };
-        let Ok(payload) = Payload::decode(&plain) else {
+        let Ok(payloads) = frame::decode_bundle(&plain) else {
             return Ack::Refused(Refusal::Unreadable);
         };
+        for bytes in payloads {
+            match Payload::decode(&bytes) {
+                Ok(payload) => {
+                    if let Err(refusal) =
+                        self.receive_payload(&account, &conversation, payload, seen, ops, events)
+                    {
+                        return Ack::Refused(refusal);
+                    }
+                }
+                // One bad payload in a friend's authenticated bundle is
+                // dropped alone; the rest still counts.
+                Err(e) => events.push(Event::Problem(format!(
+                    "a friend's device sent something unreadable: {e}"
+                ))),
+            }
+        }
+        Ack::Stored
+    }
+
+    fn receive_payload(
+        &mut self,
+        account: &AccountPublicKey,
+        conversation: &[u8; 16],
+        payload: Payload,
+        seen: &mut HashSet<MessageId>,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Refusal> {
+        let (account, conversation) = (*account, *conversation);
         let history = History::new(&self.store);
         match payload {
             Payload::Chat(message) => {
                 if !seen.insert(message.id) {
-                    return Ack::Stored;
+                    return Ok(());
                 }
                 let stored = StoredMessage {
                     message: message.clone(),
@@ -1409,10 +1446,10 @@ impl Actor {
                                 state: None,
                             },
                         });
-                        Ack::Stored
+                        Ok(())
                     }
-                    Ok((Inserted::Duplicate, _)) => Ack::Stored,
-                    Err(_) => Ack::Refused(Refusal::Busy),
+                    Ok((Inserted::Duplicate, _)) => Ok(()),
+                    Err(_) => Err(Refusal::Busy),
                 }
             }
             Payload::Receipt(receipt) => {
@@ -1435,7 +1472,7 @@ impl Actor {
                         });
                     }
                 }
-                Ack::Stored
+                Ok(())
             }
             Payload::Edit(edit) => {
                 self.receive_change(
@@ -1447,7 +1484,7 @@ impl Actor {
                     ops,
                     events,
                 );
-                Ack::Stored
+                Ok(())
             }
             Payload::Delete(delete) => {
                 self.receive_change(
@@ -1459,16 +1496,16 @@ impl Actor {
                     ops,
                     events,
                 );
-                Ack::Stored
+                Ok(())
             }
             Payload::Typing(typing) => {
                 events.push(Event::Typing {
                     friend: account,
                     active: typing.active,
                 });
-                Ack::Stored
+                Ok(())
             }
-            _ => Ack::Stored,
+            _ => Ok(()),
         }
     }
 
@@ -1586,6 +1623,7 @@ impl Actor {
         let mut events = Vec::new();
         let mut batch = Vec::new();
         let mut sent = Vec::new();
+        let mut bundle = Bundle::default();
         let mut bytes = 0;
         let now_ts = Timestamp::now();
         for (item_key, item) in items {
@@ -1599,8 +1637,16 @@ impl Actor {
                 );
                 continue;
             }
-            let encoded = match &item.body {
-                OutboxBody::Sealed(sealed) => Item::Sealed(sealed.clone()),
+            match &item.body {
+                OutboxBody::Sealed(sealed) => {
+                    // Keep outbox order: what is bundled so far goes first.
+                    if !self.close_bundle(&peer, &mut bundle, &mut batch, &mut sent) {
+                        break;
+                    }
+                    bytes += sealed.len();
+                    batch.push(Item::Sealed(sealed.clone()));
+                    sent.push(vec![(item_key, item)]);
+                }
                 OutboxBody::Payload(payload) => {
                     let plain = match payload.encode() {
                         Ok(plain) => plain,
@@ -1609,22 +1655,22 @@ impl Actor {
                             continue;
                         }
                     };
-                    match self.encrypt_for(&peer, &plain) {
-                        Ok(olm) => Item::Olm(olm),
-                        Err(e) => {
-                            self.emit(Event::Problem(format!("could not encrypt: {e}")));
-                            break;
-                        }
+                    if bundle.bytes + plain.len() > BUNDLE_TARGET_BYTES
+                        && !self.close_bundle(&peer, &mut bundle, &mut batch, &mut sent)
+                    {
+                        break;
                     }
+                    bytes += plain.len();
+                    bundle.bytes += plain.len();
+                    bundle.payloads.push(plain);
+                    bundle.items.push((item_key, item));
                 }
-            };
-            bytes += encoded.len();
-            batch.push(encoded);
-            sent.push((item_key, item));
-            if bytes >= BATCH_BYTES {
+            }
+            if bytes >= BATCH_BYTES || batch.len() >= MAX_ITEMS - 1 {
                 break;
             }
         }
+        self.close_bundle(&peer, &mut bundle, &mut batch, &mut sent);
         ops.extend(self.sessions_op(&peer));
         // The ratchet must be on disk before anything it encrypted
         // leaves: the request goes out after the turn's flush.
@@ -1660,6 +1706,32 @@ impl Actor {
                     .await;
             });
         });
+    }
+
+    /// Encrypts the open bundle as one Olm message onto the batch; `false`
+    /// if encryption failed (the batch then stops there).
+    fn close_bundle(
+        &mut self,
+        peer: &PeerId,
+        bundle: &mut Bundle,
+        batch: &mut Vec<Item>,
+        sent: &mut Vec<Vec<(Vec<u8>, OutboxItem)>>,
+    ) -> bool {
+        if bundle.payloads.is_empty() {
+            return true;
+        }
+        let open = std::mem::take(bundle);
+        match self.encrypt_for(peer, &frame::encode_bundle(&open.payloads)) {
+            Ok(olm) => {
+                batch.push(Item::Olm(olm));
+                sent.push(open.items);
+                true
+            }
+            Err(e) => {
+                self.emit(Event::Problem(format!("could not encrypt: {e}")));
+                false
+            }
+        }
     }
 
     fn fail(
@@ -1774,7 +1846,7 @@ impl Actor {
     fn on_sent(
         &mut self,
         peer: PeerId,
-        items: Vec<(Vec<u8>, OutboxItem)>,
+        items: Vec<Vec<(Vec<u8>, OutboxItem)>>,
         result: Result<Vec<u8>, NetError>,
     ) {
         let (retry_min, retry_max) = (self.retry_min, self.retry_max);
@@ -1799,7 +1871,11 @@ impl Actor {
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut reset = false;
-        for ((item_key, item), ack) in items.into_iter().zip(acks) {
+        let each = items
+            .into_iter()
+            .zip(acks)
+            .flat_map(|(group, ack)| group.into_iter().map(move |entry| (entry, ack)));
+        for ((item_key, item), ack) in each {
             match ack {
                 Ack::Stored => {
                     ops.push(records::delete(OUTBOX, item_key));
