@@ -181,6 +181,11 @@ impl Backend for MemoryBackend {
 }
 
 /// The on-disk store, in one sled database folder.
+///
+/// All named trees share sled's default tree, each key prefixed with its
+/// tree's name (`name length (1) | name | key`): a batch touching several
+/// trees is then one sled batch, atomic and far cheaper than sled's
+/// multi-tree transactions. Tree names are at most 255 bytes.
 pub struct SledBackend {
     db: sled::Db,
 }
@@ -195,6 +200,35 @@ fn sled_error(e: impl std::fmt::Display) -> BackendError {
     BackendError(e.to_string())
 }
 
+/// `name length | name`, the prefix of every key of tree `name`.
+fn tree_prefix(name: &str) -> Result<Vec<u8>, BackendError> {
+    let len = u8::try_from(name.len())
+        .map_err(|_| BackendError(format!("tree name of {} bytes is too long", name.len())))?;
+    let mut prefix = Vec::with_capacity(1 + name.len());
+    prefix.push(len);
+    prefix.extend_from_slice(name.as_bytes());
+    Ok(prefix)
+}
+
+fn prefixed(prefix: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + key.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The smallest key above every key starting with `prefix`.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xff {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
 impl SledBackend {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, BackendError> {
@@ -206,49 +240,29 @@ impl SledBackend {
             .map_err(sled_error)?;
         Ok(Self { db })
     }
-
-    fn tree(&self, name: &str) -> Result<sled::Tree, BackendError> {
-        self.db.open_tree(name).map_err(sled_error)
-    }
 }
 
 impl Backend for SledBackend {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self
-            .tree(tree)?
-            .get(key)
-            .map_err(sled_error)?
-            .map(|v| v.to_vec()))
+        let key = prefixed(&tree_prefix(tree)?, key);
+        Ok(self.db.get(key).map_err(sled_error)?.map(|v| v.to_vec()))
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), BackendError> {
-        // sled's transaction over no trees at all panics.
         if ops.is_empty() {
             return Ok(());
         }
-        let mut names: Vec<&str> = ops.iter().map(Op::tree).collect();
-        names.sort_unstable();
-        names.dedup();
-        let trees = names
-            .iter()
-            .map(|n| self.tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        let index = |name: &str| names.binary_search(&name).unwrap_or(0);
-        sled::Transactional::<()>::transaction(trees.as_slice(), |views| {
-            for op in ops {
-                let view = &views[index(op.tree())];
-                match op {
-                    Op::Put { key, value, .. } => {
-                        view.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Op::Delete { key, .. } => {
-                        view.remove(key.as_slice())?;
-                    }
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            let prefix = tree_prefix(op.tree())?;
+            match op {
+                Op::Put { key, value, .. } => {
+                    batch.insert(prefixed(&prefix, key), value.as_slice())
                 }
+                Op::Delete { key, .. } => batch.remove(prefixed(&prefix, key)),
             }
-            Ok(())
-        })
-        .map_err(|e| BackendError(format!("{e:?}")))
+        }
+        self.db.apply_batch(batch).map_err(sled_error)
     }
 
     fn range(
@@ -259,10 +273,22 @@ impl Backend for SledBackend {
         direction: Direction,
         limit: usize,
     ) -> Result<Entries, BackendError> {
-        let tree = self.tree(tree)?;
-        let range = tree.range::<Vec<u8>, _>((owned(from), owned(to)));
+        let prefix = tree_prefix(tree)?;
+        let lower = match from {
+            Bound::Included(k) => Bound::Included(prefixed(&prefix, k)),
+            Bound::Excluded(k) => Bound::Excluded(prefixed(&prefix, k)),
+            Bound::Unbounded => Bound::Included(prefix.clone()),
+        };
+        let upper = match (to, successor(&prefix)) {
+            (Bound::Included(k), _) => Bound::Included(prefixed(&prefix, k)),
+            (Bound::Excluded(k), _) => Bound::Excluded(prefixed(&prefix, k)),
+            (Bound::Unbounded, Some(end)) => Bound::Excluded(end),
+            (Bound::Unbounded, None) => Bound::Unbounded,
+        };
+        let range = self.db.range::<Vec<u8>, _>((lower, upper));
+        let strip = prefix.len();
         let pick = |item: sled::Result<(sled::IVec, sled::IVec)>| {
-            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+            item.map(|(k, v)| (k.get(strip..).unwrap_or_default().to_vec(), v.to_vec()))
                 .map_err(sled_error)
         };
         match direction {
@@ -272,14 +298,27 @@ impl Backend for SledBackend {
     }
 
     fn trees(&self) -> Result<Vec<String>, BackendError> {
+        // Jump from one tree's prefix to the next.
         let mut out = Vec::new();
-        for name in self.db.tree_names() {
-            let name = String::from_utf8_lossy(&name).into_owned();
-            if name == "__sled__default" {
-                continue;
-            }
-            if !self.tree(&name)?.is_empty() {
-                out.push(name);
+        let mut cursor: Vec<u8> = Vec::new();
+        loop {
+            let Some((key, _)) = self
+                .db
+                .range::<Vec<u8>, _>(cursor.clone()..)
+                .next()
+                .transpose()
+                .map_err(sled_error)?
+            else {
+                break;
+            };
+            let len = usize::from(key.first().copied().unwrap_or(0));
+            let Some(name) = key.get(1..1 + len) else {
+                return Err(BackendError("a key without a tree name".into()));
+            };
+            out.push(String::from_utf8_lossy(name).into_owned());
+            match successor(&key[..1 + len]) {
+                Some(next) => cursor = next,
+                None => break,
             }
         }
         Ok(out)
@@ -355,6 +394,37 @@ mod tests {
             [b"k2", b"k1"]
         );
         assert_eq!(backend.trees().unwrap(), vec!["a".to_owned()]);
+
+        // A tree whose name extends another's, with keys that sort around
+        // it, stays apart from it in every direction.
+        backend
+            .apply(&[
+                put("ab", b"", b"e"),
+                put("ab", b"k0", b"z"),
+                put("a\u{ff}", b"\xff", b"w"),
+            ])
+            .unwrap();
+        for direction in [Direction::Forward, Direction::Reverse] {
+            let all = backend
+                .range("a", Bound::Unbounded, Bound::Unbounded, direction, 100)
+                .unwrap();
+            assert_eq!(all.len(), 3, "{direction:?}");
+        }
+        assert_eq!(
+            backend
+                .range(
+                    "ab",
+                    Bound::Unbounded,
+                    Bound::Unbounded,
+                    Direction::Forward,
+                    100
+                )
+                .unwrap(),
+            vec![(Vec::new(), b"e".to_vec()), (b"k0".to_vec(), b"z".to_vec())]
+        );
+        let mut trees = backend.trees().unwrap();
+        trees.sort();
+        assert_eq!(trees, ["a", "ab", "a\u{ff}"]);
         backend.flush().unwrap();
     }
 
