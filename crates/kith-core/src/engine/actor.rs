@@ -909,14 +909,10 @@ impl Actor {
             author: Author::Me,
             stored_at: Timestamp::now(),
         };
+        // No state record yet means "queued" (one write less per message).
         let (_, mut ops) = history
             .insert_ops(&conversation, stored)
             .map_err(store_error)?;
-        ops.push(records::put(
-            STATES,
-            records::message_key(&conversation, &message.id),
-            &MessageState::Queued,
-        ));
         ops.push(self.queue_op(friend, Some(message.id), OutboxBody::Payload(payload)));
         self.stage(ops);
         let view = MessageView {
@@ -1046,7 +1042,11 @@ impl Actor {
         let edit: Option<EditRecord> =
             records::get(&self.store, EDITS, &key).map_err(store_error)?;
         let state = match stored.author {
-            Author::Me => records::get(&self.store, STATES, &key).map_err(store_error)?,
+            Author::Me => Some(
+                records::get(&self.store, STATES, &key)
+                    .map_err(store_error)?
+                    .unwrap_or(MessageState::Queued),
+            ),
             Author::Friend => None,
         };
         let (body, edited, deleted) = match edit {
@@ -1459,9 +1459,14 @@ impl Actor {
                 };
                 for id in receipt.ids {
                     let key = records::message_key(&conversation, &id);
-                    let Ok(Some(current)) = records::get::<MessageState>(&self.store, STATES, &key)
-                    else {
-                        continue;
+                    let current = match records::get::<MessageState>(&self.store, STATES, &key) {
+                        Ok(Some(current)) => current,
+                        // No record: queued, if it is one of ours at all.
+                        Ok(None) => match history.get(&conversation, id) {
+                            Ok(Some(m)) if m.author == Author::Me => MessageState::Queued,
+                            _ => continue,
+                        },
+                        Err(_) => continue,
                     };
                     if current.rank() < state.rank() {
                         ops.push(records::put(STATES, key, &state));
