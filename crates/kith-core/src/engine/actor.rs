@@ -136,6 +136,7 @@ pub(super) struct Actor {
     retry_max: Duration,
     next_poll: Instant,
     staged: Vec<Op>,
+    account_changed: bool,
     turn_seen: HashSet<MessageId>,
     lamports: HashMap<[u8; 16], u64>,
     polling: bool,
@@ -251,6 +252,7 @@ impl Actor {
             retry_max,
             next_poll: Instant::now(),
             staged: Vec::new(),
+            account_changed: false,
             turn_seen: HashSet::new(),
             lamports: HashMap::new(),
             polling: false,
@@ -1207,6 +1209,7 @@ impl Actor {
         }
         match self.secrets.accept_session(&identity, message) {
             Ok((session, plain)) => {
+                self.account_changed = true;
                 let sessions = self.load_sessions(peer).map_err(|_| Refusal::Busy)?;
                 sessions.insert(0, session);
                 sessions.truncate(MAX_SESSIONS);
@@ -1285,8 +1288,12 @@ impl Actor {
             acks.push(ack);
         }
         self.turn_seen = seen;
+        // Only a friend's device has sessions to keep; the account changes
+        // only when a new inbound session was accepted.
         if olm_used {
             ops.extend(self.sessions_op(&peer));
+        }
+        if std::mem::take(&mut self.account_changed) {
             ops.push(Op::put(
                 DEVICE,
                 OLM_ACCOUNT,
