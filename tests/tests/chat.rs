@@ -55,7 +55,9 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
     let alice_daemon = alice.daemon()?;
     let bob_daemon = bob.daemon()?;
 
-    // Alice adds Bob by ID; Bob sees the request and accepts it.
+    // Alice names herself, adds Bob by ID; Bob sees the request and
+    // accepts it by her name.
+    alice.json(&["name", "Alice", "Liddell"])?;
     alice.json(&["add", &bob_id, "hi", "Bob,", "it's", "Alice"])?;
     let request = eventually(LONG, "bob to see alice's request", || {
         let requests = bob.json(&["requests"])?;
@@ -63,12 +65,12 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
             .as_array()
             .and_then(|list| list.first().cloned()))
     })?;
-    ensure!(request["name"] == "alice", "request: {request}");
+    ensure!(request["name"] == "Alice Liddell", "request: {request}");
     ensure!(
         request["message"] == "hi Bob, it's Alice",
         "request: {request}"
     );
-    bob.json(&["accept", "alice"])?;
+    bob.json(&["accept", "alice liddell"])?;
     eventually(LONG, "alice to learn bob accepted", || {
         let friends = alice.json(&["friends"])?;
         Ok(friends
@@ -80,7 +82,7 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
     // 100 messages each way, interleaved.
     for i in 0..MESSAGES {
         alice.json(&["send", "bob", &format!("a{i:03}")])?;
-        bob.json(&["send", "alice", &format!("b{i:03}")])?;
+        bob.json(&["send", "Alice", &format!("b{i:03}")])?;
     }
     let check =
         |user: &User, friend: &str, mine: &str, theirs: &str| -> anyhow::Result<Option<()>> {
@@ -104,10 +106,10 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
         check(&alice, "bob", "a", "b")
     })?;
     eventually(LONG, "all messages at bob, all his delivered", || {
-        check(&bob, "alice", "b", "a")
+        check(&bob, "Alice", "b", "a")
     })?;
     let before_alice = history(&alice, "bob")?;
-    let before_bob = history(&bob, "alice")?;
+    let before_bob = history(&bob, "Alice")?;
     ensure!(
         before_alice.len() == 2 * MESSAGES,
         "alice holds {}",
@@ -127,7 +129,7 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
         "alice's history changed"
     );
     ensure!(
-        strip(&history(&bob, "alice")?) == strip(&before_bob),
+        strip(&history(&bob, "Alice")?) == strip(&before_bob),
         "bob's history changed"
     );
     let alice_daemon = alice.daemon()?;
@@ -148,7 +150,7 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
     alice_daemon.kill9()?;
     let _alice_daemon = alice.daemon()?;
     eventually(LONG, "every accepted message at bob", || {
-        let history = history(&bob, "alice")?;
+        let history = history(&bob, "Alice")?;
         let got = bodies(&history, "k");
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for body in &got {

@@ -146,6 +146,12 @@ pub enum Command {
     },
     /// Show this device's network state.
     Status,
+    /// Set the name new friends see (default: the profile's name).
+    Name {
+        /// The name.
+        #[arg(required = true)]
+        name: Vec<String>,
+    },
 }
 
 /// `kith id …`

@@ -140,6 +140,9 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
             with: friend.clone(),
         },
         Command::Status => Request::Status,
+        Command::Name { name } => Request::SetName {
+            name: name.join(" "),
+        },
         Command::Id(_) | Command::Daemon | Command::Chat { .. } => return Ok(()),
     };
     precheck(&request)?;
@@ -336,6 +339,11 @@ fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result
                 answer["connected"], answer["outbox"]
             )?;
         }
+        Command::Name { .. } => writeln!(
+            out,
+            "New friends will see you as {}.",
+            answer["name"].as_str().unwrap_or("")
+        )?,
         Command::Id(_) | Command::Daemon | Command::Chat { .. } => {}
     }
     Ok(())
