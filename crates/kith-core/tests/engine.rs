@@ -54,6 +54,19 @@ impl Device {
     }
 
     fn start(&self, bootstrap: &[Multiaddr]) -> (Engine, Events) {
+        self.start_with(
+            bootstrap,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        )
+    }
+
+    fn start_with(
+        &self,
+        bootstrap: &[Multiaddr],
+        retry_min: Duration,
+        retry_max: Duration,
+    ) -> (Engine, Events) {
         let backend: Arc<dyn Backend> = self.backend.clone();
         let store = Store::open(backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
         let mut net = kith_net::Config::new(self.identity.device.clone(), Role::Client);
@@ -63,8 +76,8 @@ impl Device {
         net.timers.kad_query_timeout = Duration::from_secs(10);
         let mut config = engine::Config::new(self.identity.clone(), store, net);
         config.display_name = self.name.into();
-        config.retry_min = Duration::from_millis(100);
-        config.retry_max = Duration::from_secs(2);
+        config.retry_min = retry_min;
+        config.retry_max = retry_max;
         let (engine, events) = engine::start(config).unwrap();
         (engine, Box::pin(events))
     }
@@ -300,4 +313,49 @@ async fn declined_requests_stay_refused_and_old_ids_stop_working() {
     .await;
     assert_eq!(request.account, carol.account());
     assert_eq!(request.message, "new id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friend_coming_online_gets_waiting_messages_without_waiting_for_a_retry() {
+    let (_nodes, bootstrap) = start_nodes(3).await;
+    let alice_device = Device::new("alice");
+    let bob_device = Device::new("bob");
+    let (alice, mut alice_events) = alice_device.start(&bootstrap);
+    let (bob, _bob_events) = bob_device.start(&bootstrap);
+    befriend(&alice, &mut alice_events, &bob).await;
+    eventually(|| async { (bob.status().await.unwrap().outbox == 0).then_some(()) }).await;
+    let bob_account = bob.account();
+    bob.shutdown().await.unwrap();
+    drop(bob);
+    alice.shutdown().await.unwrap();
+    drop(alice);
+    drop(alice_events);
+
+    // Alice now retries no sooner than 30 s after a failure: only Bob's
+    // greeting on start can bring her message across within the wait below.
+    let (alice, _alice_events) =
+        alice_device.start_with(&bootstrap, Duration::from_secs(30), Duration::from_secs(60));
+    alice
+        .send(bob_account, "are you there?".into())
+        .await
+        .unwrap();
+    // Her attempt fails while Bob is away, which puts her into backoff.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(alice.friends().await.unwrap()[0].queued, 1);
+
+    let (bob, _bob_events) = bob_device.start(&bootstrap);
+    let arrived = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let page = bob.history(alice.account(), None, 10).await.unwrap();
+            if page.messages.iter().any(|m| m.body == "are you there?") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        arrived.is_ok(),
+        "the waiting message did not arrive on Bob's return"
+    );
 }

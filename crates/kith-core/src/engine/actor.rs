@@ -136,6 +136,7 @@ pub(super) struct Actor {
     retry_max: Duration,
     next_poll: Instant,
     staged: Vec<Op>,
+    greeted: bool,
     account_changed: bool,
     turn_seen: HashSet<MessageId>,
     lamports: HashMap<[u8; 16], u64>,
@@ -252,6 +253,7 @@ impl Actor {
             retry_max,
             next_poll: Instant::now(),
             staged: Vec::new(),
+            greeted: false,
             account_changed: false,
             turn_seen: HashSet::new(),
             lamports: HashMap::new(),
@@ -1230,6 +1232,9 @@ impl Actor {
                     // Give Identify a moment to fill the routing table.
                     self.spawn_fetch(POLL_RETRY_DELAY);
                 }
+                if !std::mem::replace(&mut self.greeted, true) {
+                    self.greet_friends();
+                }
                 if let Some(device) = self.devices.get_mut(&peer) {
                     device.next_attempt = Instant::now();
                     device.backoff = self.retry_min;
@@ -1247,6 +1252,28 @@ impl Actor {
             }
             _ => {}
         }
+    }
+
+    /// Once on the network, connects to every friend's devices that can be
+    /// found: a friend holding messages for us sees the connection and
+    /// delivers at once instead of waiting out its retry delay.
+    fn greet_friends(&self) {
+        let shares: Vec<_> = self
+            .friends
+            .values()
+            .map(|f| f.record.card.presence.clone())
+            .collect();
+        if shares.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            // Give Identify a moment to fill the routing table.
+            tokio::time::sleep(POLL_RETRY_DELAY).await;
+            for share in shares {
+                let _ = net.connect_friend(&share).await;
+            }
+        });
     }
 
     fn presence_changed(&mut self, friend: &[u8; 32], peer: &PeerId, online: bool) {
