@@ -179,8 +179,16 @@ pub fn start_engine(
     let identity = profile
         .load_identity(passphrase.as_ref())
         .map_err(|e| ControlError::Start(e.to_string()))?;
-    let backend = SledBackend::open(&profile.dir().join("db"))
-        .map_err(|e| ControlError::Start(format!("the profile's database: {e}")))?;
+    let backend = SledBackend::open(&profile.dir().join("db")).map_err(|e| {
+        if e.to_string().contains("could not acquire lock") {
+            ControlError::Start(format!(
+                "profile '{}' is in use by another kith process",
+                profile.name()
+            ))
+        } else {
+            ControlError::Start(format!("the profile's database: {e}"))
+        }
+    })?;
     let store = Store::open(
         std::sync::Arc::new(backend),
         passphrase.as_ref(),
@@ -448,19 +456,46 @@ pub async fn serve(
     Ok(())
 }
 
+/// Reads one request line of at most [`MAX_LINE`] bytes; `None` at the
+/// end of the stream. A partial line stays in `buf`, so a cancelled call
+/// loses nothing. An over-long line is an error (the connection closes).
+async fn read_request_line(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    loop {
+        let room = u64::try_from((MAX_LINE + 1).saturating_sub(buf.len())).unwrap_or(0);
+        let read = (&mut *reader).take(room).read_until(b'\n', buf).await?;
+        if buf.last() == Some(&b'\n') {
+            let line = std::mem::take(buf);
+            return Ok(Some(String::from_utf8_lossy(&line).trim_end().to_owned()));
+        }
+        if buf.len() > MAX_LINE {
+            return Err(std::io::Error::other("request line too long"));
+        }
+        if read == 0 {
+            return Ok(None);
+        }
+    }
+}
+
 async fn serve_client(
     engine: &Engine,
     stream: UnixStream,
     mut events: broadcast::Receiver<Value>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines =
-        BufReader::new(read.take(u64::try_from(MAX_LINE * 64).unwrap_or(u64::MAX))).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.len() > MAX_LINE {
-            write_line(&mut write, &json!({"error": "request too long"})).await?;
-            continue;
-        }
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        let line = match read_request_line(&mut reader, &mut buf).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                write_line(&mut write, &json!({"error": e.to_string()})).await?;
+                return Ok(());
+            }
+        };
         let request: Request = match serde_json::from_str(&line) {
             Ok(request) => request,
             Err(e) => {
@@ -470,7 +505,8 @@ async fn serve_client(
         };
         if matches!(request, Request::Subscribe) {
             write_line(&mut write, &json!({"ok": {}})).await?;
-            // Forward events until the client hangs up or sends more.
+            // Forward events until the client hangs up; answer requests
+            // that arrive meanwhile.
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
@@ -480,7 +516,7 @@ async fn serve_client(
                         }
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     },
-                    line = lines.next_line() => match line? {
+                    line = read_request_line(&mut reader, &mut buf) => match line? {
                         None => return Ok(()),
                         Some(line) => {
                             let reply = match serde_json::from_str::<Request>(&line) {
@@ -496,7 +532,6 @@ async fn serve_client(
         let reply = answer(engine, &request).await;
         write_line(&mut write, &reply).await?;
     }
-    Ok(())
 }
 
 async fn answer(engine: &Engine, request: &Request) -> Value {

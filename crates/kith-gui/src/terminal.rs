@@ -369,6 +369,12 @@ fn print_message(out: &mut impl Write, m: &Value, friend_name: &str) -> Result<(
 
 async fn daemon(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     let profile = Profile::locate(&cli.profile)?;
+    if DaemonClient::connect(&profile).await.is_some() {
+        return Err(control::ControlError::Start(
+            "a kith daemon is already running for this profile".into(),
+        )
+        .into());
+    }
     let options = node_options(cli)?;
     let passphrase = passphrase_for(&profile)?;
     let (engine, events) = control::start_engine(&profile, passphrase, &options)?;
