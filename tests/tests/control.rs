@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use kith_scenarios::{User, start_kithd};
 use serde_json::json;
 
