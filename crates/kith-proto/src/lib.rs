@@ -17,6 +17,10 @@
 //! - [`envelope`]: sealed envelopes for one-off items (friend requests,
 //!   mailbox contents): X25519 ephemeral-static agreement, HKDF-SHA256 and
 //!   XChaCha20-Poly1305 around a payload signed by the sender's account key.
+//! - [`mailbox`]: offline mail: mailbox addresses, items signed by one-time
+//!   keys with a proof of work, sender stamps, witness receipts, fetch
+//!   challenges, acknowledgements and typed deposit refusals (layouts in
+//!   `docs/mailbox.md`).
 //!
 //! Byte layouts are specified in `docs/protocol.md`; golden fixtures under
 //! `tests/fixtures/` keep them from changing by accident.
@@ -26,6 +30,7 @@
 pub mod envelope;
 pub mod id;
 pub mod identity;
+pub mod mailbox;
 pub mod presence;
 pub mod qr;
 pub mod request_drop;
