@@ -238,6 +238,9 @@ impl SledBackend {
             .cache_capacity(8 * 1024 * 1024)
             .open()
             .map_err(sled_error)?;
+        // sled creates its files world-readable; the values may be
+        // unsealed (no passphrase), so keep them the owner's.
+        crate::private::restrict_tree(dir).map_err(sled_error)?;
         Ok(Self { db })
     }
 }
@@ -431,6 +434,34 @@ mod tests {
     #[test]
     fn memory_backend_behaves() {
         exercise(&MemoryBackend::new());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sled_files_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let backend = SledBackend::open(&db).unwrap();
+        backend.apply(&[put("a", b"k", b"v")]).unwrap();
+        backend.flush().unwrap();
+        let mut stack = vec![db];
+        let mut files = 0;
+        while let Some(folder) = stack.pop() {
+            let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", folder.display());
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    files += 1;
+                    let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                    assert_eq!(mode, 0o600, "{}", entry.path().display());
+                }
+            }
+        }
+        assert!(files > 0);
     }
 
     #[test]

@@ -69,6 +69,34 @@ pub fn create_dir(dir: &Path) -> Result<(), PrivateFileError> {
     builder.create(dir).map_err(io(dir))
 }
 
+/// Makes everything under `dir` (and `dir` itself) the owner's alone:
+/// folders 0700, files 0600. For folders a library fills (sled's database),
+/// run after it has created its files.
+pub fn restrict_tree(dir: &Path) -> Result<(), PrivateFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            fs::set_permissions(&folder, fs::Permissions::from_mode(0o700)).map_err(io(&folder))?;
+            for entry in fs::read_dir(&folder).map_err(io(&folder))? {
+                let entry = entry.map_err(io(&folder))?;
+                let path = entry.path();
+                let kind = entry.file_type().map_err(io(&path))?;
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file() {
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                        .map_err(io(&path))?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Atomically creates `path` holding `bytes`, readable by the owner only;
 /// fails with [`PrivateFileError::AlreadyExists`] if it exists.
 pub fn create_new(path: &Path, bytes: &[u8]) -> Result<(), PrivateFileError> {
