@@ -359,3 +359,40 @@ async fn a_friend_coming_online_gets_waiting_messages_without_waiting_for_a_retr
         "the waiting message did not arrive on Bob's return"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletions_queued_with_their_messages_apply_on_arrival() {
+    let (_nodes, bootstrap) = start_nodes(3).await;
+    let bob_device = Device::new("bob");
+    let (alice, mut alice_events) = Device::new("alice").start(&bootstrap);
+    let (bob, _bob_events) = bob_device.start(&bootstrap);
+    befriend(&alice, &mut alice_events, &bob).await;
+    eventually(|| async { (bob.status().await.unwrap().outbox == 0).then_some(()) }).await;
+    let bob_account = bob.account();
+    bob.shutdown().await.unwrap();
+    drop(bob);
+
+    // While Bob is away: a message and its edit, another and its deletion.
+    // They travel together, in one bundle.
+    let first = alice
+        .send(bob_account, "see you at 7".into())
+        .await
+        .unwrap();
+    let second = alice.send(bob_account, "wrong chat".into()).await.unwrap();
+    alice
+        .edit(bob_account, first, "see you at 8".into())
+        .await
+        .unwrap();
+    alice.delete(bob_account, second).await.unwrap();
+
+    let (bob, _bob_events) = bob_device.start(&bootstrap);
+    let page = eventually(|| async {
+        let page = bob.history(alice.account(), None, 10).await.unwrap();
+        (page.messages.len() == 2 && page.messages.iter().any(|m| m.deleted)).then_some(page)
+    })
+    .await;
+    assert_eq!(page.messages[0].body, "see you at 8");
+    assert!(page.messages[0].edited);
+    assert!(page.messages[1].deleted);
+    assert_eq!(page.messages[1].body, "");
+}

@@ -96,12 +96,15 @@ pub enum Request {
         /// The message ID (hex).
         message: String,
     },
-    /// Read a conversation (marks it read).
+    /// Read a conversation.
     History {
         /// The friend.
         with: String,
         /// How many messages.
         limit: usize,
+        /// Also mark everything from the friend read (and tell them).
+        #[serde(default)]
+        mark_read: bool,
     },
     /// Typing indicator.
     Typing {
@@ -366,7 +369,11 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
             engine.delete(friend, message_id(message)?).await?;
             json!({"deleted": message})
         }
-        Request::History { with, limit } => {
+        Request::History {
+            with,
+            limit,
+            mark_read,
+        } => {
             let friend = engine.resolve(with).await?;
             let mut messages = Vec::new();
             let mut older = None;
@@ -382,7 +389,9 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
                     break;
                 }
             }
-            engine.mark_read(friend).await?;
+            if *mark_read {
+                engine.mark_read(friend).await?;
+            }
             Value::Array(messages)
         }
         Request::Typing { to, active } => {

@@ -135,6 +135,7 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
         Command::History { friend, limit } => Request::History {
             with: friend.clone(),
             limit: *limit,
+            mark_read: true,
         },
         Command::Safety { friend } => Request::Safety {
             with: friend.clone(),
@@ -171,6 +172,7 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
                     .call(&Request::History {
                         with: friend.clone(),
                         limit: 20,
+                        mark_read: false,
                     })
                     .await
                     && let Some(m) = history.iter().find(|m| m["id"] == id.as_str())
@@ -484,6 +486,7 @@ async fn chat_loop(
         .call(&Request::History {
             with: friend.to_owned(),
             limit: 20,
+            mark_read: true,
         })
         .await?;
     // The friend's account key, to pick their events out of the stream.
@@ -568,6 +571,7 @@ async fn chat_loop(
         .call(&Request::History {
             with: account,
             limit: 1,
+            mark_read: true,
         })
         .await;
     backend.settle(Duration::from_secs(5)).await;

@@ -136,6 +136,7 @@ pub(super) struct Actor {
     retry_max: Duration,
     next_poll: Instant,
     staged: Vec<Op>,
+    turn_failed: bool,
     greeted: bool,
     account_changed: bool,
     turn_seen: HashSet<MessageId>,
@@ -253,6 +254,7 @@ impl Actor {
             retry_max,
             next_poll: Instant::now(),
             staged: Vec::new(),
+            turn_failed: false,
             greeted: false,
             account_changed: false,
             turn_seen: HashSet::new(),
@@ -281,10 +283,31 @@ impl Actor {
         let items =
             records::all::<OutboxItem>(&self.store, OUTBOX, MAX_OUTBOX).map_err(store_error)?;
         self.outbox_len = items.len();
-        for (key, item) in items {
+        for (_, item) in items {
             self.with_items.insert(item.friend);
-            if let Some(seq) = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                self.outbox_seq = self.outbox_seq.max(u64::from_be_bytes(seq) + 1);
+        }
+        // The next sequence number is above every friend's last item, even
+        // if the outbox ever held more than the scan above reads.
+        let friend_keys: Vec<Vec<u8>> = self.friends.values().map(|f| f.key.clone()).collect();
+        for prefix in friend_keys {
+            let mut end = prefix.clone();
+            end.extend_from_slice(&[0xff; 8]);
+            let last = self
+                .store
+                .range(
+                    OUTBOX,
+                    std::ops::Bound::Included(prefix.as_slice()),
+                    std::ops::Bound::Included(end.as_slice()),
+                    kith_store::Direction::Reverse,
+                    1,
+                )
+                .map_err(store_error)?;
+            for (key, _) in last {
+                if let Some(seq) = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                    self.outbox_seq = self
+                        .outbox_seq
+                        .max(u64::from_be_bytes(seq).saturating_add(1));
+                }
             }
         }
         for (_, out) in
@@ -313,6 +336,15 @@ impl Actor {
             ) else {
                 continue;
             };
+            // A card may not claim this device, or another friend's.
+            if peer == self.net.peer_id()
+                || self
+                    .devices
+                    .get(&peer)
+                    .is_some_and(|d| d.friend != account.to_bytes())
+            {
+                continue;
+            }
             devices.push(peer);
             self.devices.insert(
                 peer,
@@ -382,7 +414,13 @@ impl Actor {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.staged);
-        self.store.apply(ops).map_err(store_error)
+        let applied = self.store.apply(ops).map_err(store_error);
+        if applied.is_err() {
+            // Whatever this turn wrote is not all there: nothing of it may
+            // be acknowledged as durable.
+            self.turn_failed = true;
+        }
+        applied
     }
 
     pub(super) async fn run(mut self) {
@@ -435,9 +473,11 @@ impl Actor {
         let applied = self.apply_staged();
         self.turn_seen.clear();
         if self.waiters.is_empty() {
+            self.turn_failed = false;
             return;
         }
-        let ok = applied.is_ok() && self.store.flush().is_ok();
+        let failed = std::mem::take(&mut self.turn_failed);
+        let ok = applied.is_ok() && !failed && self.store.flush().is_ok();
         for waiter in std::mem::take(&mut self.waiters) {
             waiter(self, ok);
         }
@@ -605,6 +645,20 @@ impl Actor {
             .is_some()
         {
             return self.accept(&to).map(|_| ());
+        }
+        let waiting =
+            records::all::<OutgoingRecord>(&self.store, REQUESTS_OUT, MAX_PENDING_REQUESTS)
+                .map_err(store_error)?;
+        if waiting.len() >= MAX_PENDING_REQUESTS
+            && self
+                .store
+                .get(REQUESTS_OUT, &key)
+                .map_err(store_error)?
+                .is_none()
+        {
+            return Err(EngineError::Full(format!(
+                "{MAX_PENDING_REQUESTS} of your friend requests are still unanswered; wait for answers first"
+            )));
         }
         let request = FriendRequest {
             from: self.my_id(),
@@ -795,50 +849,27 @@ impl Actor {
         if let Ok(id) = KithId::parse(query.trim()) {
             return Ok(*id.account());
         }
-        let mut candidates: Vec<(AccountPublicKey, String, KithId)> = self
+        let friends: Vec<(AccountPublicKey, String, KithId)> = self
             .friends
             .values()
             .map(|f| (f.account, f.record.name.clone(), f.record.id))
             .collect();
-        if let Ok(requests) =
+        let requests: Vec<(AccountPublicKey, String, KithId)> =
             records::all::<IncomingRecord>(&self.store, REQUESTS_IN, MAX_PENDING_REQUESTS)
-        {
-            for (_, r) in requests {
-                candidates.push((
-                    *r.request.from.account(),
-                    r.request.display_name.clone(),
-                    r.request.from,
-                ));
-            }
-        }
-        let exact: Vec<_> = candidates
-            .iter()
-            .filter(|(_, name, _)| name.to_lowercase() == wanted)
-            .collect();
-        if exact.len() == 1 {
-            return Ok(exact[0].0);
-        }
-        let mut matches: Vec<_> = candidates
-            .iter()
-            .filter(|(account, name, id)| {
-                name.to_lowercase().starts_with(&wanted)
-                    || (wanted.len() >= 4
-                        && (id.to_text().to_lowercase().starts_with(&wanted)
-                            || account.to_hex().starts_with(&wanted)))
-            })
-            .collect();
-        matches.dedup_by_key(|(account, _, _)| *account);
-        match matches.as_slice() {
-            [] => Err(EngineError::UnknownFriend(query.into())),
-            [one] => Ok(one.0),
-            many => Err(EngineError::Ambiguous {
-                query: query.into(),
-                matches: many
-                    .iter()
-                    .map(|(_, name, id)| format!("{name} ({})", &id.to_text()[..8]))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, r)| {
+                    (
+                        *r.request.from.account(),
+                        r.request.display_name.clone(),
+                        r.request.from,
+                    )
+                })
+                .collect();
+        // Friends first: a stranger's request cannot take a friend's name.
+        match resolve_among(&friends, &wanted, query) {
+            Err(EngineError::UnknownFriend(_)) => resolve_among(&requests, &wanted, query),
+            found => found,
         }
     }
 
@@ -895,7 +926,7 @@ impl Actor {
     fn send(&mut self, friend: &AccountPublicKey, body: String) -> Result<MessageId, EngineError> {
         self.check_outbox_room()?;
         let conversation = self.friend(friend)?.conversation;
-        let lamport = Lamport(self.last_lamport(&conversation)? + 1);
+        let lamport = Lamport(self.last_lamport(&conversation)?.saturating_add(1));
         self.lamports.insert(conversation, lamport.0);
         let history = History::new(&self.store);
         let message = ChatMessage {
@@ -944,6 +975,7 @@ impl Actor {
     ) -> Result<(), EngineError> {
         self.check_outbox_room()?;
         let conversation = self.friend(friend)?.conversation;
+        self.apply_staged()?;
         let original = History::new(&self.store)
             .get(&conversation, target)
             .map_err(store_error)?
@@ -1028,12 +1060,18 @@ impl Actor {
         let Ok(olm) = self.encrypt_for(&peer, &frame::encode_bundle(&[plain])) else {
             return;
         };
+        // Like any ciphertext, it leaves only once the ratchet step is on
+        // disk (after the turn's flush).
         let op = self.sessions_op(&peer);
-        let _ = self.apply(op.into_iter().collect());
-        let net = self.net.clone();
+        self.stage(op.into_iter().collect());
         let request = frame::encode_request(&[Item::Olm(olm)]);
-        tokio::spawn(async move {
-            let _ = net.request(peer, Vec::new(), request).await;
+        self.after_commit(move |actor, ok| {
+            if ok {
+                let net = actor.net.clone();
+                tokio::spawn(async move {
+                    let _ = net.request(peer, Vec::new(), request).await;
+                });
+            }
         });
     }
 
@@ -1424,6 +1462,12 @@ impl Actor {
                     {
                         return Ack::Refused(refusal);
                     }
+                    // An edit or receipt later in the bundle must see this
+                    // payload's writes (the flush still waits for the turn).
+                    self.staged.append(ops);
+                    if self.apply_staged().is_err() {
+                        return Ack::Refused(Refusal::Busy);
+                    }
                 }
                 // One bad payload in a friend's authenticated bundle is
                 // dropped alone; the rest still counts.
@@ -1784,14 +1828,18 @@ impl Actor {
         ops.push(records::delete(OUTBOX, item_key.to_vec()));
         self.outbox_len = self.outbox_len.saturating_sub(1);
         if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend)) {
+            let key = records::message_key(&friend.conversation, &id);
+            // A message already delivered (its acknowledgement was lost)
+            // stays delivered.
+            let current: Option<MessageState> =
+                records::get(&self.store, STATES, &key).ok().flatten();
+            if current.is_some_and(|c| c.rank() >= 2) {
+                return;
+            }
             let state = MessageState::Failed {
                 reason: reason.to_owned(),
             };
-            ops.push(records::put(
-                STATES,
-                records::message_key(&friend.conversation, &id),
-                &state,
-            ));
+            ops.push(records::put(STATES, key, &state));
             events.push(Event::State {
                 friend: friend.account,
                 id,
@@ -1889,6 +1937,10 @@ impl Actor {
         result: Result<Vec<u8>, NetError>,
     ) {
         let (retry_min, retry_max) = (self.retry_min, self.retry_max);
+        // State reads below must see receipts staged earlier this turn.
+        if let Err(e) = self.apply_staged() {
+            self.emit(Event::Problem(e.to_string()));
+        }
         let acks = result.map_err(|e| e.to_string()).and_then(|bytes| {
             frame::decode_response(&bytes, items.len()).map_err(|e| e.to_string())
         });
@@ -1910,6 +1962,7 @@ impl Actor {
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut reset = false;
+        let mut busy = false;
         let each = items
             .into_iter()
             .zip(acks)
@@ -1938,7 +1991,7 @@ impl Actor {
                     }
                 }
                 Ack::Refused(Refusal::NoSession) => reset = true,
-                Ack::Refused(Refusal::Busy) => {}
+                Ack::Refused(Refusal::Busy) => busy = true,
                 Ack::Refused(refusal) => {
                     let reason = match refusal {
                         Refusal::NotFriend => "the friend no longer accepts messages from you",
@@ -1948,6 +2001,14 @@ impl Actor {
                     self.fail(&item_key, &item, reason, &mut ops, &mut events);
                 }
             }
+        }
+        if busy
+            && !reset
+            && let Some(device) = self.devices.get_mut(&peer)
+        {
+            // The friend's device could not store: back off, do not spin.
+            device.next_attempt = Instant::now() + jitter(device.backoff);
+            device.backoff = (device.backoff * 2).min(retry_max);
         }
         if reset && let Some(device) = self.devices.get_mut(&peer) {
             // Their side lost the session: start a fresh one.
@@ -1988,8 +2049,12 @@ impl Actor {
         });
     }
 
-    fn on_fetched(&mut self, entries: Vec<DropEntry>) -> usize {
+    fn on_fetched(&mut self, mut entries: Vec<DropEntry>) -> usize {
         let now = now_secs();
+        // A sender may have an old and a re-sealed entry in the drop: the
+        // newest is handled, once per fetch.
+        entries.sort_by_key(|e| std::cmp::Reverse(e.expires));
+        let mut fetched_from = HashSet::new();
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut count = 0;
@@ -2014,6 +2079,9 @@ impl Actor {
                 continue;
             };
             let sender = opened.sender;
+            if !fetched_from.insert(sender.to_bytes()) {
+                continue;
+            }
             // Only the holder of the requester's account key can speak for
             // it, and only the current ID opens the door.
             if *request.from.account() != sender || request.to_nospam != self.identity.nospam {
@@ -2159,6 +2227,44 @@ impl Actor {
             ops.push(records::put(REQUESTS_OUT, key, &out));
         }
         let _ = self.apply(ops);
+    }
+}
+
+/// Finds `wanted` among `candidates` by exact name, then by a prefix of a
+/// name, Kith ID or account key (4 characters at least for the last two).
+fn resolve_among(
+    candidates: &[(AccountPublicKey, String, KithId)],
+    wanted: &str,
+    query: &str,
+) -> Result<AccountPublicKey, EngineError> {
+    let exact: Vec<_> = candidates
+        .iter()
+        .filter(|(_, name, _)| name.to_lowercase() == wanted)
+        .collect();
+    if let [one] = exact.as_slice() {
+        return Ok(one.0);
+    }
+    let mut matches: Vec<_> = candidates
+        .iter()
+        .filter(|(account, name, id)| {
+            name.to_lowercase().starts_with(wanted)
+                || (wanted.len() >= 4
+                    && (id.to_text().to_lowercase().starts_with(wanted)
+                        || account.to_hex().starts_with(wanted)))
+        })
+        .collect();
+    matches.dedup_by_key(|(account, _, _)| *account);
+    match matches.as_slice() {
+        [] => Err(EngineError::UnknownFriend(query.into())),
+        [one] => Ok(one.0),
+        many => Err(EngineError::Ambiguous {
+            query: query.into(),
+            matches: many
+                .iter()
+                .map(|(_, name, id)| format!("{name} ({})", id.to_text().get(..8).unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
