@@ -1457,16 +1457,22 @@ impl Actor {
         for bytes in payloads {
             match Payload::decode(&bytes) {
                 Ok(payload) => {
+                    // An edit, deletion or receipt must see the writes of
+                    // the payloads before it (a message it refers to may be
+                    // in this very bundle); chat messages need not, so a
+                    // flood of them stays one batch. The flush still waits
+                    // for the turn.
+                    if !matches!(payload, Payload::Chat(_) | Payload::Typing(_)) && !ops.is_empty()
+                    {
+                        self.staged.append(ops);
+                        if self.apply_staged().is_err() {
+                            return Ack::Refused(Refusal::Busy);
+                        }
+                    }
                     if let Err(refusal) =
                         self.receive_payload(&account, &conversation, payload, seen, ops, events)
                     {
                         return Ack::Refused(refusal);
-                    }
-                    // An edit or receipt later in the bundle must see this
-                    // payload's writes (the flush still waits for the turn).
-                    self.staged.append(ops);
-                    if self.apply_staged().is_err() {
-                        return Ack::Refused(Refusal::Busy);
                     }
                 }
                 // One bad payload in a friend's authenticated bundle is
