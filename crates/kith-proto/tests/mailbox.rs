@@ -5,10 +5,8 @@
 //! Regenerate the fixtures, after an intended format change, with
 //! `KITH_BLESS_FIXTURES=1 cargo test -p kith-proto --test mailbox`.
 
-#![allow(unsafe_code)]
+mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::PathBuf;
 
 use kith_proto::mailbox::{
@@ -22,43 +20,8 @@ use kith_proto::mailbox::{
 use kith_proto::{AccountKeypair, DeviceKeypair};
 use proptest::prelude::*;
 
-// ---- allocation counting (see tests/oversize.rs) ----
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; the
-// thread-local counter is a const-initialised `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.with(|a| a.set(a.get() + layout.size()));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.with(|a| a.set(a.get() + new_size));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocated_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = ALLOCATED.with(Cell::get);
-    let out = f();
-    (ALLOCATED.with(Cell::get) - before, out)
-}
+static GLOBAL: common::Counting = common::Counting;
 
 /// Generous allowance for an error value; far below any input here.
 const ALLOWANCE: usize = 256;
@@ -1008,7 +971,7 @@ fn quotas_refuse_per_mailbox_then_in_total() {
 fn oversize_input_is_refused_before_allocation() {
     let huge = vec![MAILBOX_VERSION; 64 * 1024 * 1024];
 
-    let (bytes, result) = allocated_during(|| MailboxItem::decode(&huge));
+    let (bytes, result) = common::allocated_during(|| MailboxItem::decode(&huge));
     assert!(matches!(
         result,
         Err(DecodeError::TooLarge {
@@ -1018,36 +981,36 @@ fn oversize_input_is_refused_before_allocation() {
     ));
     assert!(bytes <= ALLOWANCE, "item decoder allocated {bytes} bytes");
 
-    let (bytes, result) = allocated_during(|| WitnessReceipt::decode(&huge));
+    let (bytes, result) = common::allocated_during(|| WitnessReceipt::decode(&huge));
     assert!(matches!(result, Err(DecodeError::TooLarge { .. })));
     assert!(
         bytes <= ALLOWANCE,
         "receipt decoder allocated {bytes} bytes"
     );
 
-    let (bytes, result) = allocated_during(|| FetchChallenge::decode(&huge));
+    let (bytes, result) = common::allocated_during(|| FetchChallenge::decode(&huge));
     assert!(matches!(result, Err(DecodeError::TooLarge { .. })));
     assert!(
         bytes <= ALLOWANCE,
         "challenge decoder allocated {bytes} bytes"
     );
 
-    let (bytes, result) = allocated_during(|| FetchProof::decode(&huge));
+    let (bytes, result) = common::allocated_during(|| FetchProof::decode(&huge));
     assert!(matches!(result, Err(DecodeError::TooLarge { .. })));
     assert!(bytes <= ALLOWANCE, "proof decoder allocated {bytes} bytes");
 
-    let (bytes, result) = allocated_during(|| FetchAck::decode(&huge));
+    let (bytes, result) = common::allocated_during(|| FetchAck::decode(&huge));
     assert!(matches!(result, Err(DecodeError::TooLarge { .. })));
     assert!(bytes <= ALLOWANCE, "ack decoder allocated {bytes} bytes");
 
-    let (bytes, result) = allocated_during(|| DepositRefusal::decode(&huge));
+    let (bytes, result) = common::allocated_during(|| DepositRefusal::decode(&huge));
     assert!(matches!(result, Err(DecodeError::TooLarge { .. })));
     assert!(
         bytes <= ALLOWANCE,
         "refusal decoder allocated {bytes} bytes"
     );
 
-    let (bytes, result) = allocated_during(|| SenderStamp::unwrap(&huge));
+    let (bytes, result) = common::allocated_during(|| SenderStamp::unwrap(&huge));
     assert!(matches!(result, Err(DecodeError::TooLarge { .. })));
     assert!(bytes <= ALLOWANCE, "stamp reader allocated {bytes} bytes");
 }
@@ -1055,7 +1018,7 @@ fn oversize_input_is_refused_before_allocation() {
 #[test]
 fn a_claimed_length_with_nothing_behind_it_allocates_nothing() {
     let bytes = item_with_sealed_len_prefix(MAX_ITEM_BYTES as u64);
-    let (allocated, result) = allocated_during(|| MailboxItem::decode(&bytes));
+    let (allocated, result) = common::allocated_during(|| MailboxItem::decode(&bytes));
     assert_eq!(result, Err(DecodeError::Truncated));
     assert!(allocated <= ALLOWANCE, "allocated {allocated} bytes");
 }

@@ -4,10 +4,8 @@
 //! Regenerate the fixtures, after an intended format change, with
 //! `KITH_BLESS_FIXTURES=1 cargo test -p kith-proto --test request_drop`.
 
-#![allow(unsafe_code)]
+mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::PathBuf;
 
 use kith_proto::presence::{PresenceError, PresenceRecord};
@@ -18,43 +16,8 @@ use kith_proto::request_drop::{
 use kith_proto::{AccountKeypair, Nospam};
 use proptest::prelude::*;
 
-// ---- allocation counting (see tests/oversize.rs) ----
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; the
-// thread-local counter is a const-initialised `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.with(|a| a.set(a.get() + layout.size()));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.with(|a| a.set(a.get() + new_size));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocated_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = ALLOCATED.with(Cell::get);
-    let out = f();
-    (ALLOCATED.with(Cell::get) - before, out)
-}
+static GLOBAL: common::Counting = common::Counting;
 
 // ---- fixtures ----
 
@@ -123,7 +86,7 @@ fn presence_and_drop_decoders_refuse_each_others_records() {
 #[test]
 fn oversize_input_is_refused_before_allocation() {
     let huge = vec![DROP_TAG; 64 * 1024 * 1024];
-    let (bytes, result) = allocated_during(|| RequestDrop::verify(&huge, NOW));
+    let (bytes, result) = common::allocated_during(|| RequestDrop::verify(&huge, NOW));
     assert!(matches!(result, Err(DropError::TooLarge { .. })));
     assert!(bytes <= 256, "drop decoder allocated {bytes} bytes");
 
@@ -131,7 +94,7 @@ fn oversize_input_is_refused_before_allocation() {
     // a gigabyte: refused from the claim, not by running out of input.
     let mut many = vec![DROP_TAG];
     many.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]);
-    let (bytes, result) = allocated_during(|| RequestDrop::decode(&many));
+    let (bytes, result) = common::allocated_during(|| RequestDrop::decode(&many));
     assert_eq!(
         result,
         Err(DropError::Entries {
@@ -143,7 +106,7 @@ fn oversize_input_is_refused_before_allocation() {
     let mut long = vec![DROP_TAG, 1, 0x01];
     long.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]);
     long.resize(MAX_DROP_RECORD_BYTES, 0);
-    let (bytes, result) = allocated_during(|| RequestDrop::decode(&long));
+    let (bytes, result) = common::allocated_during(|| RequestDrop::decode(&long));
     assert!(matches!(result, Err(DropError::Malformed(_))));
     assert!(bytes <= 256, "drop decoder allocated {bytes} bytes");
 }
