@@ -95,26 +95,6 @@ fn key(conversation: &[u8; 16], lamport: Lamport, sent_at: Timestamp, id: Messag
     out
 }
 
-fn id_key(conversation: &[u8; 16], id: MessageId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32);
-    out.extend_from_slice(conversation);
-    out.extend_from_slice(&id.0);
-    out
-}
-
-/// The smallest key above every key that starts with `prefix`, or `None`
-/// when the prefix is all 0xff (nothing sorts above it).
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < 0xff {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
-}
-
 impl<'a> History<'a> {
     /// History kept in `store`.
     pub fn new(store: &'a Store) -> Self {
@@ -135,7 +115,7 @@ impl<'a> History<'a> {
         message: StoredMessage,
     ) -> Result<(Inserted, Vec<Op>), HistoryError> {
         let id = message.message.id;
-        let index = id_key(conversation, id);
+        let index = crate::records::message_key(conversation, &id);
         if self.store.get(HISTORY_IDS, &index)?.is_some() {
             return Ok((Inserted::Duplicate, Vec::new()));
         }
@@ -183,7 +163,10 @@ impl<'a> History<'a> {
         conversation: &[u8; 16],
         id: MessageId,
     ) -> Result<Option<StoredMessage>, HistoryError> {
-        let Some(key) = self.store.get(HISTORY_IDS, &id_key(conversation, id))? else {
+        let Some(key) = self
+            .store
+            .get(HISTORY_IDS, &crate::records::message_key(conversation, &id))?
+        else {
             return Ok(None);
         };
         let Some(value) = self.store.get(HISTORY, &key)? else {
@@ -214,7 +197,7 @@ impl<'a> History<'a> {
     ) -> Result<Page, HistoryError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let start = conversation.to_vec();
-        let end = prefix_successor(conversation);
+        let end = kith_store::prefix_successor(conversation);
         let upper = match (older, &end) {
             (Some(cursor), _) if cursor.0.starts_with(conversation) => {
                 Bound::Excluded(cursor.0.as_slice())
@@ -327,8 +310,8 @@ mod tests {
             .unwrap();
         let page = history.page(&chat, None, 10).unwrap();
         assert_eq!(page.messages.len(), 1);
-        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
-        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(kith_store::prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(kith_store::prefix_successor(&[0xff, 0xff]), None);
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub(crate) fn prefixed<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, T)>, RecordError> {
     use std::ops::Bound;
-    let end = successor(prefix);
+    let end = kith_store::prefix_successor(prefix);
     let upper = match &end {
         Some(end) => Bound::Excluded(end.as_slice()),
         None => Bound::Unbounded,
@@ -108,17 +108,6 @@ pub(crate) fn prefixed<T: DeserializeOwned>(
         .into_iter()
         .map(|(k, v)| Ok((k, decode(tree, &v)?)))
         .collect()
-}
-
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut next = prefix.to_vec();
-    while let Some(last) = next.pop() {
-        if last < 0xff {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
 }
 
 /// The store key of everything kept per friend.

@@ -217,8 +217,10 @@ fn prefixed(prefix: &[u8], key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The smallest key above every key starting with `prefix`.
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+/// The smallest key above every key that starts with `prefix`, or `None`
+/// when the prefix is all 0xff (nothing sorts above it): the exclusive end
+/// of a prefix scan.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut next = prefix.to_vec();
     while let Some(last) = next.pop() {
         if last < 0xff {
@@ -282,7 +284,7 @@ impl Backend for SledBackend {
             Bound::Excluded(k) => Bound::Excluded(prefixed(&prefix, k)),
             Bound::Unbounded => Bound::Included(prefix.clone()),
         };
-        let upper = match (to, successor(&prefix)) {
+        let upper = match (to, prefix_successor(&prefix)) {
             (Bound::Included(k), _) => Bound::Included(prefixed(&prefix, k)),
             (Bound::Excluded(k), _) => Bound::Excluded(prefixed(&prefix, k)),
             (Bound::Unbounded, Some(end)) => Bound::Excluded(end),
@@ -319,7 +321,7 @@ impl Backend for SledBackend {
                 return Err(BackendError("a key without a tree name".into()));
             };
             out.push(String::from_utf8_lossy(name).into_owned());
-            match successor(&key[..1 + len]) {
+            match prefix_successor(&key[..1 + len]) {
                 Some(next) => cursor = next,
                 None => break,
             }

@@ -26,5 +26,7 @@ pub mod profile;
 mod seal;
 pub mod store;
 
-pub use backend::{Backend, BackendError, Direction, Entries, MemoryBackend, Op, SledBackend};
+pub use backend::{
+    Backend, BackendError, Direction, Entries, MemoryBackend, Op, SledBackend, prefix_successor,
+};
 pub use store::{KdfParams, Migration, OpenError, Passphrase, Store, StoreError};
