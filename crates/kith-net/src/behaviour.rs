@@ -20,7 +20,7 @@ use libp2p::{
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, Role, TransportKind};
-use crate::message::{Codec, MESSAGE_PROTOCOL};
+use crate::message::{Channel, Codec, MAILBOX_PROTOCOL, MESSAGE_PROTOCOL};
 
 /// Kith's private Kademlia protocol: never the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/kad/1.0.0");
@@ -53,6 +53,7 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) messages: Toggle<request_response::Behaviour<Codec>>,
+    pub(crate) mailbox: request_response::Behaviour<Codec>,
 }
 
 /// Why a swarm could not be built.
@@ -158,13 +159,30 @@ fn behaviour(
     // Nodes relay and store, but neither send nor answer messages.
     let messages = (!node).then(|| {
         request_response::Behaviour::with_codec(
-            Codec,
+            Codec::of(Channel::Message),
             [(MESSAGE_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(timers.request_timeout)
                 .with_max_concurrent_streams(MESSAGE_STREAMS_PER_CONNECTION),
         )
     });
+
+    // Everyone deposits and fetches; only volunteers accept inbound
+    // mailbox streams, so asking anyone else fails at negotiation.
+    let mailbox = request_response::Behaviour::with_codec(
+        Codec::of(Channel::Mailbox),
+        [(
+            MAILBOX_PROTOCOL,
+            if config.mailbox_volunteer {
+                request_response::ProtocolSupport::Full
+            } else {
+                request_response::ProtocolSupport::Outbound
+            },
+        )],
+        request_response::Config::default()
+            .with_request_timeout(timers.request_timeout)
+            .with_max_concurrent_streams(MESSAGE_STREAMS_PER_CONNECTION),
+    );
 
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
@@ -183,6 +201,7 @@ fn behaviour(
         ping: ping::Behaviour::new(ping::Config::new().with_interval(timers.ping_interval)),
         mdns: mdns.into(),
         messages: messages.into(),
+        mailbox,
     })
 }
 

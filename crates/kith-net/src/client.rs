@@ -9,7 +9,7 @@ use kith_proto::request_drop::{DropEntry, DropError};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::message::MAX_REQUEST_BYTES;
+use crate::message::{MAX_MAILBOX_REQUEST_BYTES, MAX_REQUEST_BYTES};
 
 /// A device of a friend, as its presence entry describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,15 @@ pub struct Device {
     pub expires: u64,
     /// Session prekeys it published.
     pub prekeys: Vec<u8>,
+}
+
+/// A DHT server near a key, as a closest-peer query found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its network identity.
+    pub peer_id: PeerId,
+    /// Addresses the query learnt for it.
+    pub addresses: Vec<Multiaddr>,
 }
 
 /// How we are connected to a peer.
@@ -74,6 +83,10 @@ pub enum NetError {
     /// stream broke.
     #[error("request failed: {0}")]
     Request(String),
+    /// The peer does not speak the protocol asked for (for a mailbox
+    /// request: it does not volunteer).
+    #[error("the peer does not speak {0}")]
+    Unsupported(String),
     /// The peer did not answer a direct request within the request timeout.
     #[error("the peer did not answer in time")]
     Timeout,
@@ -144,6 +157,16 @@ pub(crate) enum Command {
     FetchRequests {
         key: [u8; 32],
         reply: Reply<Vec<DropEntry>>,
+    },
+    MailboxRequest {
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        data: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Closest {
+        key: Vec<u8>,
+        reply: Reply<Vec<Peer>>,
     },
 }
 
@@ -314,6 +337,40 @@ impl Client {
     pub async fn fetch_requests(&self, key: [u8; 32]) -> Result<Vec<DropEntry>, NetError> {
         self.ask(|reply| Command::FetchRequests { key, reply })
             .await
+    }
+
+    /// Sends `data` to `peer` over `/kith/mailbox/1.0.0` and returns its
+    /// answer; like [`Self::request`], with the mailbox protocol's limits
+    /// ([`crate::MAX_MAILBOX_REQUEST_BYTES`] out,
+    /// [`crate::MAX_MAILBOX_RESPONSE_BYTES`] back). A peer that does not
+    /// volunteer answers [`NetError::Unsupported`].
+    pub async fn mailbox_request(
+        &self,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
+        if data.len() > MAX_MAILBOX_REQUEST_BYTES {
+            return Err(NetError::TooLarge {
+                size: data.len(),
+                max: MAX_MAILBOX_REQUEST_BYTES,
+            });
+        }
+        self.ask(|reply| Command::MailboxRequest {
+            peer,
+            addresses,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// The DHT servers closest to `key` (up to 20, closest first, never
+    /// this node), found by an iterative Kademlia query.
+    /// [`NetError::NotFound`] when the query found nobody (not on the
+    /// network yet).
+    pub async fn closest_peers(&self, key: Vec<u8>) -> Result<Vec<Peer>, NetError> {
+        self.ask(|reply| Command::Closest { key, reply }).await
     }
 
     /// Every (key, value) this node stores in its DHT record store. For

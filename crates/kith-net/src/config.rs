@@ -195,6 +195,12 @@ pub struct Config {
     /// Outbound direct requests in flight or queued; more are refused with
     /// [`crate::NetError::Busy`].
     pub max_outbound_requests: usize,
+    /// Whether this node serves offline mail (`/kith/mailbox/1.0.0`): its
+    /// inbound mailbox requests arrive as [`crate::Event::MailboxRequest`].
+    /// Off, the protocol is used only outbound (deposits and fetches) and
+    /// peers asking us to keep mail learn at once that we do not. On by
+    /// default for nodes, off for clients.
+    pub mailbox_volunteer: bool,
 }
 
 impl Config {
@@ -221,6 +227,7 @@ impl Config {
             queue_capacity: 256,
             max_inbound_requests: 1024,
             max_outbound_requests: 1024,
+            mailbox_volunteer: role == Role::Node,
         }
     }
 }

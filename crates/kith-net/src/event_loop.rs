@@ -19,11 +19,15 @@
 //! with what is stored brings something newer; a request drop (told apart by
 //! its first byte) is handled in [`drops`].
 //!
-//! Direct requests (`/kith/msg/1.0.0`) are handled in [`requests`]: outbound
-//! ones wait for their answer in a map keyed by request ID, inbound ones are
-//! handed out as [`Event::Request`] and their answers come back through
-//! one-shot channels the loop polls.
+//! Direct requests (`/kith/msg/1.0.0`) and mailbox requests
+//! (`/kith/mailbox/1.0.0`) are handled in [`requests`]: outbound ones wait
+//! for their answer in a map keyed by request ID, inbound ones are handed
+//! out as [`Event::Request`] or [`Event::MailboxRequest`] and their answers
+//! come back through one-shot channels the loop polls. Closest-peer
+//! queries for mailbox addresses are in [`closest`].
 
+mod closest;
+pub use closest::sort_by_distance;
 mod drops;
 mod requests;
 
@@ -51,7 +55,7 @@ use crate::backoff::Backoff;
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::client::{Command, Connection, Device, NetError, Published, Reply};
 use crate::config::{Config, RelayReservation, Role, Timers};
-use crate::message::InboundRequest;
+use crate::message::{Channel, InboundRequest};
 use crate::metrics::NetMetrics;
 
 /// Most lookups in flight at once.
@@ -75,6 +79,10 @@ pub enum Event {
     /// Another device sent us a direct request; answer it with
     /// [`InboundRequest::respond`].
     Request(InboundRequest),
+    /// A peer sent us an offline-mail request (only when
+    /// [`crate::Config::mailbox_volunteer`] is on); answer it with
+    /// [`InboundRequest::respond`].
+    MailboxRequest(InboundRequest),
     /// A listener is up on this address.
     Listening {
         /// The address.
@@ -189,6 +197,8 @@ pub struct EventLoop {
     prekeys: Vec<u8>,
     max_drop_records: usize,
     requests: requests::Requests,
+    mailbox_requests: requests::Requests,
+    closest: HashMap<kad::QueryId, closest::Query>,
     drops: drops::Drops,
     lookups: HashMap<kad::QueryId, Lookup>,
     dials: HashMap<ConnectionId, (PeerId, Reply<Connection>)>,
@@ -259,6 +269,7 @@ impl EventLoop {
     ) -> Self {
         let timers = config.timers.clone();
         let requests = requests::Requests::new(&config);
+        let mailbox_requests = requests::Requests::new(&config);
         let timers_kad_bootstrap = timers.kad_bootstrap;
         let (reconnect_min, reconnect_max) = (timers.reconnect_min, timers.reconnect_max);
         let mut bootstrap = HashMap::new();
@@ -299,6 +310,8 @@ impl EventLoop {
             // get a quarter of the store.
             max_drop_records: (config.max_records / 4).max(1),
             requests,
+            mailbox_requests,
+            closest: HashMap::new(),
             drops: drops::Drops::default(),
             lookups: HashMap::new(),
             dials: HashMap::new(),
@@ -329,7 +342,13 @@ impl EventLoop {
                     None => break,
                 },
                 Some((id, response)) = self.requests.responses.next(),
-                    if !self.requests.responses.is_empty() => self.on_response(id, response),
+                    if !self.requests.responses.is_empty() => {
+                        self.on_response(Channel::Message, id, response)
+                    }
+                Some((id, response)) = self.mailbox_requests.responses.next(),
+                    if !self.mailbox_requests.responses.is_empty() => {
+                        self.on_response(Channel::Mailbox, id, response)
+                    }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = sleep_until(deadline) => self.on_timers(),
             }
@@ -524,7 +543,14 @@ impl EventLoop {
                 addresses,
                 data,
                 reply,
-            } => self.request(peer, addresses, data, reply),
+            } => self.request(Channel::Message, peer, addresses, data, reply),
+            Command::MailboxRequest {
+                peer,
+                addresses,
+                data,
+                reply,
+            } => self.request(Channel::Mailbox, peer, addresses, data, reply),
+            Command::Closest { key, reply } => self.closest_peers(key, reply),
             Command::SetPrekeys { prekeys, reply } => {
                 if self.publisher.is_none() {
                     let _ = reply.send(Err(NetError::NoPresence));
@@ -832,6 +858,7 @@ impl EventLoop {
                 ..
             } => {
                 self.requests.dial_errors.remove(&peer_id);
+                self.mailbox_requests.dial_errors.remove(&peer_id);
                 self.on_connected(peer_id, connection_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
@@ -871,6 +898,7 @@ impl EventLoop {
                 let reason = error.to_string();
                 if let Some(peer) = peer_id {
                     self.requests.note_dial_error(peer, &reason);
+                    self.mailbox_requests.note_dial_error(peer, &reason);
                 }
                 if let Some((peer, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial {
@@ -1085,7 +1113,8 @@ impl EventLoop {
                     self.on_direct_address_lost();
                 }
             }
-            BehaviourEvent::Messages(event) => self.on_message_event(event),
+            BehaviourEvent::Messages(event) => self.on_request_event(Channel::Message, event),
+            BehaviourEvent::Mailbox(event) => self.on_request_event(Channel::Mailbox, event),
             BehaviourEvent::AutonatServer(_) | BehaviourEvent::Limits(_) => {}
         }
     }
@@ -1123,6 +1152,7 @@ impl EventLoop {
                         }
                     }
                 }
+                kad::QueryResult::GetClosestPeers(result) => self.on_closest(id, result),
                 kad::QueryResult::Bootstrap(result) => {
                     if let Err(e) = result {
                         tracing::debug!("kademlia bootstrap: {e}");

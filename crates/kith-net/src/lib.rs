@@ -26,6 +26,11 @@
 //!   ([`Client::fetch_requests`]), so strangers never contact a device
 //!   directly (see `docs/requests.md`). DHT nodes check and merge them like
 //!   presence records.
+//! - **Offline mail**: [`Client::closest_peers`] finds the DHT servers
+//!   nearest a mailbox address and [`Client::mailbox_request`] talks
+//!   [`MAILBOX_PROTOCOL`] to them; a node with
+//!   [`Config::mailbox_volunteer`] receives such requests as
+//!   [`Event::MailboxRequest`]. The messages are `kith-mailbox`'s.
 //! - **Nodes** (`kithd`): Kademlia server, relay v2 server with
 //!   [`RelayLimits`], AutoNAT server.
 //!
@@ -52,14 +57,17 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
 pub use behaviour::{BuildError, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-pub use client::{Client, Connection, Device, NetError, Published};
+pub use client::{Client, Connection, Device, NetError, Peer, Published};
 pub use config::{
     Config, ConnectionLimits, RelayLimits, RelayReservation, Role, Timers, TransportKind,
 };
-pub use event_loop::{Event, EventLoop};
+pub use event_loop::{Event, EventLoop, sort_by_distance};
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
-pub use message::{InboundRequest, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MESSAGE_PROTOCOL};
+pub use message::{
+    InboundRequest, MAILBOX_PROTOCOL, MAX_MAILBOX_REQUEST_BYTES, MAX_MAILBOX_RESPONSE_BYTES,
+    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MESSAGE_PROTOCOL,
+};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

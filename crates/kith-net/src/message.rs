@@ -1,12 +1,15 @@
-//! Direct device messaging: `/kith/msg/1.0.0`, one request and one
-//! response per stream, payloads opaque to the network layer.
+//! Request-response protocols with opaque payloads, one request and one
+//! response per stream: direct device messaging (`/kith/msg/1.0.0`) and
+//! offline mail (`/kith/mailbox/1.0.0`, [`MAILBOX_PROTOCOL`]), each with
+//! its own size limits.
 //!
 //! Each request opens a new Yamux stream on an existing connection (or on
 //! one dialled for it); the stream's protocol is negotiated lazily, so the
 //! request travels with the negotiation and a round trip costs one network
 //! round trip. A frame is a 4-byte big-endian length and that many bytes;
-//! the reader checks the length against [`MAX_REQUEST_BYTES`] or
-//! [`MAX_RESPONSE_BYTES`] before allocating anything, and the writer
+//! the reader checks the length against the protocol's limit
+//! ([`MAX_REQUEST_BYTES`], [`MAX_RESPONSE_BYTES`] for messages) before
+//! allocating anything, and the writer
 //! refuses to send more.
 //!
 //! Inbound requests reach the application as [`InboundRequest`]s carrying a
@@ -78,9 +81,63 @@ pub(crate) struct FrameTooLarge {
     pub(crate) max: usize,
 }
 
+/// The offline-mail protocol (`kith-mailbox` defines its messages).
+pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/mailbox/1.0.0");
+/// Largest mailbox request: a deposit or hand-off of the largest item with
+/// its receipts.
+pub const MAX_MAILBOX_REQUEST_BYTES: usize = 96 * 1024;
+/// Largest mailbox response: one page of a fetch.
+pub const MAX_MAILBOX_RESPONSE_BYTES: usize = 1536 * 1024;
+
 /// Length-prefixed frames with a bound per direction.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Codec;
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Codec {
+    max_request: usize,
+    max_response: usize,
+}
+
+impl Codec {
+    /// The codec of `channel`'s protocol.
+    pub(crate) fn of(channel: Channel) -> Self {
+        Self {
+            max_request: channel.max_request(),
+            max_response: channel.max_response(),
+        }
+    }
+}
+
+/// The two request-response protocols: direct messages between devices,
+/// and offline mail between clients and volunteers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// [`MESSAGE_PROTOCOL`].
+    Message,
+    /// [`MAILBOX_PROTOCOL`].
+    Mailbox,
+}
+
+impl Channel {
+    pub(crate) fn protocol(self) -> StreamProtocol {
+        match self {
+            Channel::Message => MESSAGE_PROTOCOL,
+            Channel::Mailbox => MAILBOX_PROTOCOL,
+        }
+    }
+
+    pub(crate) fn max_request(self) -> usize {
+        match self {
+            Channel::Message => MAX_REQUEST_BYTES,
+            Channel::Mailbox => MAX_MAILBOX_REQUEST_BYTES,
+        }
+    }
+
+    pub(crate) fn max_response(self) -> usize {
+        match self {
+            Channel::Message => MAX_RESPONSE_BYTES,
+            Channel::Mailbox => MAX_MAILBOX_RESPONSE_BYTES,
+        }
+    }
+}
 
 async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
 where
@@ -135,14 +192,14 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_REQUEST_BYTES).await
+        read_frame(io, self.max_request).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_RESPONSE_BYTES).await
+        read_frame(io, self.max_response).await
     }
 
     async fn write_request<T>(
@@ -154,7 +211,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, data, MAX_REQUEST_BYTES).await
+        write_frame(io, data, self.max_request).await
     }
 
     async fn write_response<T>(
@@ -166,7 +223,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, data, MAX_RESPONSE_BYTES).await
+        write_frame(io, data, self.max_response).await
     }
 }
 
@@ -192,10 +249,17 @@ mod tests {
         for size in [0, 1, COALESCE_BYTES, COALESCE_BYTES + 1, MAX_REQUEST_BYTES] {
             let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
             let mut wire = Cursor::new(Vec::new());
-            block_on(Codec.write_request(&MESSAGE_PROTOCOL, &mut wire, data.clone())).unwrap();
+            block_on(Codec::of(Channel::Message).write_request(
+                &MESSAGE_PROTOCOL,
+                &mut wire,
+                data.clone(),
+            ))
+            .unwrap();
             assert_eq!(wire.get_ref().len(), 4 + size);
             wire.set_position(0);
-            let read = block_on(Codec.read_request(&MESSAGE_PROTOCOL, &mut wire)).unwrap();
+            let read =
+                block_on(Codec::of(Channel::Message).read_request(&MESSAGE_PROTOCOL, &mut wire))
+                    .unwrap();
             assert_eq!(read, data);
         }
     }
@@ -205,7 +269,9 @@ mod tests {
         // A header claiming 4 GiB and no body: refused from the header
         // alone (an attempt to read the body would fail with end of file).
         let mut wire = Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
-        let error = block_on(Codec.read_request(&MESSAGE_PROTOCOL, &mut wire)).unwrap_err();
+        let error =
+            block_on(Codec::of(Channel::Message).read_request(&MESSAGE_PROTOCOL, &mut wire))
+                .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert_eq!(
             frame_too_large(&error),
@@ -217,7 +283,9 @@ mod tests {
 
         let header = u32::try_from(MAX_RESPONSE_BYTES + 1).unwrap().to_be_bytes();
         let mut wire = Cursor::new(header.to_vec());
-        let error = block_on(Codec.read_response(&MESSAGE_PROTOCOL, &mut wire)).unwrap_err();
+        let error =
+            block_on(Codec::of(Channel::Message).read_response(&MESSAGE_PROTOCOL, &mut wire))
+                .unwrap_err();
         assert_eq!(
             frame_too_large(&error).map(|e| e.max),
             Some(MAX_RESPONSE_BYTES)
@@ -227,7 +295,7 @@ mod tests {
     #[test]
     fn the_writer_refuses_oversized_frames() {
         let mut wire = Cursor::new(Vec::new());
-        let error = block_on(Codec.write_response(
+        let error = block_on(Codec::of(Channel::Message).write_response(
             &MESSAGE_PROTOCOL,
             &mut wire,
             vec![0; MAX_RESPONSE_BYTES + 1],

@@ -1,4 +1,6 @@
-//! Direct requests over `/kith/msg/1.0.0`.
+//! Requests over the two request-response protocols: direct messages
+//! (`/kith/msg/1.0.0`) and offline mail (`/kith/mailbox/1.0.0`). Each has
+//! its own [`Requests`] state; the logic is shared.
 //!
 //! Outbound: a [`Command::Request`](crate::client::Command) is sent at once
 //! if fewer than [`MAX_REQUESTS_PER_PEER`] requests to that peer are in
@@ -7,7 +9,8 @@
 //! next queued request goes out. libp2p's request-response behaviour uses an
 //! existing connection or dials the given addresses.
 //!
-//! Inbound: each request becomes an [`Event::Request`] holding a one-shot
+//! Inbound: each request becomes an [`Event::Request`] (or
+//! [`Event::MailboxRequest`]) holding a one-shot
 //! responder, while the loop keeps libp2p's response channel and a future
 //! that resolves when the responder answers, is dropped, or the request
 //! timeout passes. At most `max_inbound_requests` wait at once; more, like
@@ -20,6 +23,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use libp2p::core::upgrade::NegotiationError;
 use libp2p::request_response::{
     self, InboundFailure, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel,
 };
@@ -29,7 +33,7 @@ use tokio::sync::oneshot;
 use super::{Event, EventLoop};
 use crate::client::{NetError, Reply};
 use crate::config::Config;
-use crate::message::{InboundRequest, MAX_RESPONSE_BYTES, MESSAGE_PROTOCOL, frame_too_large};
+use crate::message::{Channel, Codec, InboundRequest, frame_too_large};
 
 /// Most requests to one peer in flight at once; more wait in a queue.
 pub(crate) const MAX_REQUESTS_PER_PEER: usize = 64;
@@ -84,19 +88,38 @@ impl Requests {
 }
 
 impl EventLoop {
+    fn requests_of(&mut self, channel: Channel) -> &mut Requests {
+        match channel {
+            Channel::Message => &mut self.requests,
+            Channel::Mailbox => &mut self.mailbox_requests,
+        }
+    }
+
+    fn behaviour_of(
+        &mut self,
+        channel: Channel,
+    ) -> Option<&mut request_response::Behaviour<Codec>> {
+        let behaviour = self.swarm.behaviour_mut();
+        match channel {
+            Channel::Message => behaviour.messages.as_mut(),
+            Channel::Mailbox => Some(&mut behaviour.mailbox),
+        }
+    }
+
     pub(super) fn request(
         &mut self,
+        channel: Channel,
         peer: PeerId,
         addresses: Vec<Multiaddr>,
         data: Vec<u8>,
         reply: Reply<Vec<u8>>,
     ) {
-        let requests = &mut self.requests;
+        let requests = self.requests_of(channel);
         if requests.outbound.len() + requests.queued_count >= requests.max_outbound {
             let _ = reply.send(Err(NetError::Busy("requests")));
             return;
         }
-        if !self.swarm.behaviour().messages.is_enabled() {
+        if channel == Channel::Message && !self.swarm.behaviour().messages.is_enabled() {
             let _ = reply.send(Err(NetError::Request(
                 "DHT nodes do not send direct requests".into(),
             )));
@@ -113,31 +136,38 @@ impl EventLoop {
             data,
             reply,
         };
+        let requests = self.requests_of(channel);
         if requests.in_flight.get(&peer).copied().unwrap_or(0) < MAX_REQUESTS_PER_PEER {
-            self.send_request(peer, queued);
+            self.send_request(channel, peer, queued);
         } else {
             requests.queued.entry(peer).or_default().push_back(queued);
             requests.queued_count += 1;
         }
     }
 
-    fn send_request(&mut self, peer: PeerId, request: Queued) {
-        let Some(messages) = self.swarm.behaviour_mut().messages.as_mut() else {
+    fn send_request(&mut self, channel: Channel, peer: PeerId, request: Queued) {
+        let Some(behaviour) = self.behaviour_of(channel) else {
             let _ = request.reply.send(Err(NetError::Stopped));
             return;
         };
-        let id = messages.send_request_with_addresses(&peer, request.data, request.addresses);
-        self.requests.outbound.insert(id, (peer, request.reply));
-        *self.requests.in_flight.entry(peer).or_default() += 1;
+        let id = behaviour.send_request_with_addresses(&peer, request.data, request.addresses);
+        let requests = self.requests_of(channel);
+        requests.outbound.insert(id, (peer, request.reply));
+        *requests.in_flight.entry(peer).or_default() += 1;
     }
 
     /// Answers an outbound request and sends the peer's next queued one.
-    fn request_done(&mut self, id: OutboundRequestId, result: Result<Vec<u8>, NetError>) {
-        let Some((peer, reply)) = self.requests.outbound.remove(&id) else {
+    fn request_done(
+        &mut self,
+        channel: Channel,
+        id: OutboundRequestId,
+        result: Result<Vec<u8>, NetError>,
+    ) {
+        let requests = self.requests_of(channel);
+        let Some((peer, reply)) = requests.outbound.remove(&id) else {
             return;
         };
         let _ = reply.send(result);
-        let requests = &mut self.requests;
         if let Some(count) = requests.in_flight.get_mut(&peer) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -151,16 +181,21 @@ impl EventLoop {
         }
         if let Some(next) = next {
             requests.queued_count = requests.queued_count.saturating_sub(1);
-            self.send_request(peer, next);
+            self.send_request(channel, peer, next);
         }
     }
 
-    fn outbound_error(&mut self, peer: PeerId, error: OutboundFailure) -> NetError {
+    fn outbound_error(
+        &mut self,
+        channel: Channel,
+        peer: PeerId,
+        error: OutboundFailure,
+    ) -> NetError {
         match error {
             OutboundFailure::DialFailure => NetError::Dial {
                 peer,
                 reason: self
-                    .requests
+                    .requests_of(channel)
                     .dial_errors
                     .remove(&peer)
                     .unwrap_or_else(|| "no known address could be reached".into()),
@@ -170,13 +205,22 @@ impl EventLoop {
                 NetError::Request("the connection closed before the answer came".into())
             }
             OutboundFailure::UnsupportedProtocols => {
-                NetError::Request(format!("the peer does not speak {MESSAGE_PROTOCOL}"))
+                NetError::Unsupported(channel.protocol().to_string())
             }
             OutboundFailure::Io(e) => match frame_too_large(&e) {
                 Some(frame) => NetError::TooLarge {
                     size: frame.size,
                     max: frame.max,
                 },
+                // With lazy negotiation the request is already on its way
+                // when the peer turns the protocol down.
+                None if e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<NegotiationError>())
+                    .is_some_and(|n| matches!(n, NegotiationError::Failed)) =>
+                {
+                    NetError::Unsupported(channel.protocol().to_string())
+                }
                 None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     NetError::Request("the peer closed the stream without answering".into())
                 }
@@ -185,18 +229,22 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn on_message_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    pub(super) fn on_request_event(
+        &mut self,
+        channel: Channel,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+    ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request_id,
                     request,
-                    channel,
-                } => self.on_inbound_request(peer, request_id, request, channel),
+                    channel: response_channel,
+                } => self.on_inbound_request(channel, peer, request_id, request, response_channel),
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => self.request_done(request_id, Ok(response)),
+                } => self.request_done(channel, request_id, Ok(response)),
             },
             request_response::Event::OutboundFailure {
                 peer,
@@ -204,9 +252,9 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                let error = self.outbound_error(peer, error);
+                let error = self.outbound_error(channel, peer, error);
                 tracing::debug!(%peer, "request failed: {error}");
-                self.request_done(request_id, Err(error));
+                self.request_done(channel, request_id, Err(error));
             }
             request_response::Event::InboundFailure {
                 peer,
@@ -214,7 +262,7 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                self.requests.responders.remove(&request_id);
+                self.requests_of(channel).responders.remove(&request_id);
                 let reason = match &error {
                     InboundFailure::Io(e) if frame_too_large(e).is_some() => Some("too_large"),
                     InboundFailure::Timeout => Some("timeout"),
@@ -231,14 +279,16 @@ impl EventLoop {
 
     fn on_inbound_request(
         &mut self,
+        channel: Channel,
         peer: PeerId,
         id: InboundRequestId,
         data: Vec<u8>,
-        channel: ResponseChannel<Vec<u8>>,
+        response_channel: ResponseChannel<Vec<u8>>,
     ) {
         // Counted by waiting futures, not channels: a future outlives its
         // channel when the connection closes first, until it times out.
-        if self.requests.responses.len() >= self.requests.max_inbound {
+        let requests = self.requests_of(channel);
+        if requests.responses.len() >= requests.max_inbound {
             tracing::debug!(%peer, "inbound request dropped: too many waiting for an answer");
             if let Some(m) = &self.metrics {
                 m.record_request_dropped("too_many_waiting");
@@ -246,9 +296,9 @@ impl EventLoop {
             return;
         }
         let (responder, answer) = oneshot::channel();
-        let timeout = self.requests.timeout;
-        self.requests.responders.insert(id, channel);
-        self.requests.responses.push(
+        let timeout = requests.timeout;
+        requests.responders.insert(id, response_channel);
+        requests.responses.push(
             async move {
                 let answer = tokio::time::timeout(timeout, answer).await;
                 (id, answer.ok().and_then(Result::ok))
@@ -258,7 +308,12 @@ impl EventLoop {
         // When the event queue is full the request is dropped, and with it
         // the responder: the future above resolves at once and the sender
         // gets an error, and retries.
-        if !self.try_emit(Event::Request(InboundRequest::new(peer, data, responder)))
+        let request = InboundRequest::new(peer, data, responder);
+        let event = match channel {
+            Channel::Message => Event::Request(request),
+            Channel::Mailbox => Event::MailboxRequest(request),
+        };
+        if !self.try_emit(event)
             && let Some(m) = &self.metrics
         {
             m.record_request_dropped("queue_full");
@@ -267,18 +322,24 @@ impl EventLoop {
 
     /// The application answered an inbound request (`Some`), or dropped it
     /// or let it time out (`None`).
-    pub(super) fn on_response(&mut self, id: InboundRequestId, response: Option<Vec<u8>>) {
-        let Some(channel) = self.requests.responders.remove(&id) else {
+    pub(super) fn on_response(
+        &mut self,
+        channel: Channel,
+        id: InboundRequestId,
+        response: Option<Vec<u8>>,
+    ) {
+        let Some(response_channel) = self.requests_of(channel).responders.remove(&id) else {
             return;
         };
         let Some(data) = response else {
             // Dropping the channel tells the sender there is no answer.
             return;
         };
-        if data.len() > MAX_RESPONSE_BYTES {
+        let max = channel.max_response();
+        if data.len() > max {
             tracing::warn!(
                 bytes = data.len(),
-                max = MAX_RESPONSE_BYTES,
+                max,
                 "response over the size limit not sent"
             );
             if let Some(m) = &self.metrics {
@@ -286,9 +347,9 @@ impl EventLoop {
             }
             return;
         }
-        if let Some(messages) = self.swarm.behaviour_mut().messages.as_mut() {
+        if let Some(behaviour) = self.behaviour_of(channel) {
             // Fails only when the stream is already gone.
-            let _ = messages.send_response(channel, data);
+            let _ = behaviour.send_response(response_channel, data);
         }
     }
 }
