@@ -37,7 +37,7 @@ use kith_store::{Passphrase, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{Author, Cursor};
-pub use crate::records::{MessageState, RefusalKind};
+pub use crate::records::{MessageState, RefusalKind, Witness};
 
 /// Most friends an account keeps.
 pub const MAX_FRIENDS: usize = 4096;
@@ -74,6 +74,46 @@ pub struct Config {
     pub retry_max: Duration,
     /// Capacity of the command and event queues.
     pub queue_capacity: usize,
+    /// Offline mail: how items are left for friends and fetched.
+    pub mailbox: MailboxSettings,
+    /// Keep offline mail for others (opt-in on desktop clients): the
+    /// volunteer and its timers. Turns on
+    /// [`kith_net::Config::mailbox_volunteer`].
+    pub volunteer: Option<(
+        kith_mailbox::Volunteer,
+        kith_mailbox::service::ServiceSettings,
+    )>,
+}
+
+/// How the engine uses offline mail (`docs/messaging.md`, "Offline mail").
+#[derive(Debug, Clone)]
+pub struct MailboxSettings {
+    /// Volunteers each item should be left with
+    /// ([`kith_proto::mailbox::DEFAULT_REPLICAS`]).
+    pub replicas: usize,
+    /// Proof-of-work bits new items carry; a volunteer asking for more gets
+    /// the item re-signed at its difficulty.
+    pub pow_difficulty: u8,
+    /// How long volunteers keep an item.
+    pub item_ttl: Duration,
+    /// How often to fetch our own mail (also once on joining the network
+    /// and whenever friend requests are checked).
+    pub fetch_every: Duration,
+    /// How often items held by fewer than `replicas` volunteers are offered
+    /// to more.
+    pub top_up_every: Duration,
+}
+
+impl Default for MailboxSettings {
+    fn default() -> Self {
+        Self {
+            replicas: kith_proto::mailbox::DEFAULT_REPLICAS,
+            pow_difficulty: kith_proto::mailbox::DEFAULT_POW_DIFFICULTY,
+            item_ttl: Duration::from_secs(kith_proto::mailbox::DEFAULT_ITEM_TTL_SECS),
+            fetch_every: Duration::from_secs(300),
+            top_up_every: Duration::from_secs(120),
+        }
+    }
 }
 
 impl Config {
@@ -90,6 +130,8 @@ impl Config {
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             queue_capacity: 1024,
+            mailbox: MailboxSettings::default(),
+            volunteer: None,
         }
     }
 }
@@ -156,6 +198,9 @@ pub struct MessageView {
     pub deleted: bool,
     /// For messages this account wrote: how far it got.
     pub state: Option<MessageState>,
+    /// For friends' messages that came through the mailbox: whether the
+    /// volunteers' receipts bear out the send time.
+    pub witness: Option<Witness>,
 }
 
 /// A page of a conversation, oldest first.

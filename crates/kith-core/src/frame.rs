@@ -10,6 +10,11 @@
 //!
 //! Both are `version (1) | postcard`, decoded with a size limit first and
 //! an item count limit, never panicking on any input.
+//!
+//! When a friend cannot be reached directly, the same payloads travel as
+//! the content of a mailbox item ([`Mail`], same framing), sealed to the
+//! friend's account rather than encrypted with a device session, so any
+//! of the friend's devices can open it.
 
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +176,39 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
     Ok(payloads)
 }
 
+/// A mail bundle closes once it holds this many bytes of payload frames,
+/// well inside a mailbox item's content limit.
+pub const MAIL_BUNDLE_TARGET_BYTES: usize = 48 * 1024;
+
+/// The content of a mailbox item (`docs/messaging.md`, "Offline mail").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mail {
+    /// Payload frames for a friend, as a bundle carries them.
+    Bundle(Vec<Vec<u8>>),
+    /// A sealed envelope holding a friend request.
+    Request(Vec<u8>),
+    /// A sealed envelope holding a friend acceptance.
+    Accept(Vec<u8>),
+}
+
+/// Encodes mail content.
+pub fn encode_mail(mail: &Mail) -> Vec<u8> {
+    encode(mail)
+}
+
+/// Decodes mail content.
+pub fn decode_mail(bytes: &[u8]) -> Result<Mail, FrameError> {
+    let mail: Mail = decode(bytes, kith_proto::mailbox::MAX_CONTENT_BYTES)?;
+    match &mail {
+        Mail::Bundle(payloads) if payloads.is_empty() || payloads.len() > MAX_BUNDLE_PAYLOADS => {
+            Err(FrameError::ItemCount {
+                found: payloads.len(),
+            })
+        }
+        _ => Ok(mail),
+    }
+}
+
 /// Encodes a response.
 pub fn encode_response(acks: &[Ack]) -> Vec<u8> {
     encode(&acks)
@@ -208,6 +246,32 @@ mod tests {
         assert!(matches!(
             decode_bundle(&vec![FRAME_VERSION; MAX_BUNDLE_BYTES + 1]),
             Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn mail_round_trips_and_is_bounded() {
+        for mail in [
+            Mail::Bundle(vec![vec![1; 10], vec![2; 300]]),
+            Mail::Request(vec![3; 50]),
+            Mail::Accept(vec![4; 60]),
+        ] {
+            assert_eq!(decode_mail(&encode_mail(&mail)).unwrap(), mail);
+        }
+        assert_eq!(
+            decode_mail(&encode_mail(&Mail::Bundle(Vec::new()))),
+            Err(FrameError::ItemCount { found: 0 })
+        );
+        assert!(matches!(
+            decode_mail(&vec![
+                FRAME_VERSION;
+                kith_proto::mailbox::MAX_CONTENT_BYTES + 1
+            ]),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_mail(&[FRAME_VERSION, 9]),
+            Err(FrameError::Malformed(_))
         ));
     }
 

@@ -26,6 +26,9 @@ pub(crate) const UNREAD: &str = "unread";
 pub(crate) const SESSIONS: &str = "sessions";
 pub(crate) const DEVICE: &str = "device";
 pub(crate) const SETTINGS: &str = "settings";
+pub(crate) const DEPOSITS: &str = "deposits";
+pub(crate) const WITNESS: &str = "witness";
+pub(crate) const REQUEST_ITEMS: &str = "request-items";
 
 /// Key in [`DEVICE`] of this device's Olm account pickle.
 pub(crate) const OLM_ACCOUNT: &[u8] = b"olm-account";
@@ -223,18 +226,61 @@ pub enum MessageState {
         /// Why, for the user.
         reason: String,
     },
+    /// Left, sealed, with mailbox volunteers near the friend's mailbox
+    /// address for the friend to fetch ("stored with N of R"). Appended
+    /// last: the variant index is the stored form.
+    Stored {
+        /// Volunteers holding it.
+        volunteers: u8,
+        /// Volunteers wanted.
+        of: u8,
+    },
 }
 
 impl MessageState {
-    /// Ranks states so that a late "delivered" never overrides "read".
-    pub(crate) fn rank(&self) -> u8 {
+    /// Ranks states so that a late "delivered" never overrides "read";
+    /// stored with more volunteers ranks above stored with fewer.
+    pub(crate) fn rank(&self) -> u16 {
         match self {
             MessageState::Queued => 0,
             MessageState::Failed { .. } => 1,
-            MessageState::Delivered { .. } => 2,
-            MessageState::Read { .. } => 3,
+            MessageState::Stored { volunteers, .. } => 0x100 + u16::from(*volunteers),
+            MessageState::Delivered { .. } => 0x200,
+            MessageState::Read { .. } => 0x300,
         }
     }
+
+    /// Whether the message has left this device for good (kept by
+    /// volunteers, or delivered): such a message never turns failed.
+    pub(crate) fn has_left(&self) -> bool {
+        self.rank() >= 0x100
+    }
+}
+
+/// How a message that came through the mailbox is timed: the sender's
+/// clock judged against the volunteers' signed receipts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Witness {
+    /// The volunteers' receipts agree with the sender's time.
+    Witnessed,
+    /// They do not; the volunteers' (median) time, to be shown instead.
+    Corrected {
+        /// The witnessed time.
+        at: Timestamp,
+    },
+    /// No volunteer receipt came with it: the sender's time, unconfirmed.
+    Unwitnessed,
+}
+
+/// An item left with fewer volunteers than wanted: kept to top up later
+/// (the same bytes, so the same item ID).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DepositRecord {
+    pub friend: [u8; 32],
+    pub item: Vec<u8>,
+    pub holders: Vec<Vec<u8>>,
+    pub messages: Vec<MessageId>,
+    pub expires: u64,
 }
 
 /// Key of a per-message record: conversation (16) | message ID (16).

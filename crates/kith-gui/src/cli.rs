@@ -69,7 +69,12 @@ pub enum Command {
     Id(IdCommand),
     /// Run the messenger in the background for this profile; other
     /// commands talk to it. Stops on Ctrl-C or SIGTERM.
-    Daemon,
+    Daemon {
+        /// Also keep offline mail for others, up to this many megabytes
+        /// (64 when given without a number). Off by default.
+        #[arg(long, value_name = "MB", num_args = 0..=1, default_missing_value = "64")]
+        volunteer: Option<u64>,
+    },
     /// Send a friend request to the owner of a Kith ID.
     Add {
         /// Their Kith ID or kith: link.
@@ -261,6 +266,10 @@ pub fn node_options(cli: &Cli) -> Result<NodeOptions, CliError> {
         listen: parse(&cli.listen)?,
         mdns: cli.mdns,
         request_poll: None,
+        volunteer_mb: match cli.command {
+            Command::Daemon { volunteer } => volunteer,
+            _ => None,
+        },
     })
 }
 

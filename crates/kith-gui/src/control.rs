@@ -21,10 +21,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kith_core::engine::{
-    self, Engine, EngineError, Event, FriendInfo, MessageState, MessageView, RequestInfo,
+    self, Engine, EngineError, Event, FriendInfo, MessageState, MessageView, RequestInfo, Witness,
 };
 use kith_core::history::Author;
+use kith_mailbox::service::ServiceSettings;
+use kith_mailbox::{Volunteer, VolunteerConfig};
 use kith_proto::KithId;
+use kith_proto::mailbox::Limits;
 use kith_proto::wire::MessageId;
 use kith_store::profile::Profile;
 use kith_store::{Passphrase, SledBackend, Store};
@@ -158,6 +161,8 @@ pub struct NodeOptions {
     pub mdns: bool,
     /// How often to look for friend requests.
     pub request_poll: Option<Duration>,
+    /// Keep offline mail for others, up to this many megabytes.
+    pub volunteer_mb: Option<u64>,
 }
 
 /// The control socket of a profile.
@@ -199,6 +204,7 @@ pub fn start_engine(
         &[],
     )
     .map_err(|e| ControlError::Start(e.to_string()))?;
+    let device = identity.device.clone();
     let mut net = kith_net::Config::new(identity.device.clone(), kith_net::Role::Client);
     net.bootstrap = options.bootstrap.clone();
     net.listen = if options.listen.is_empty() {
@@ -220,7 +226,37 @@ pub fn start_engine(
     if let Some(poll) = options.request_poll {
         config.request_poll = poll;
     }
+    if let Some(mb) = options.volunteer_mb {
+        config.volunteer = Some(open_volunteer(profile, &device, mb)?);
+    }
     engine::start(config).map_err(|e| ControlError::Start(e.to_string()))
+}
+
+/// The profile's mailbox volunteer, keeping up to `mb` megabytes in its
+/// own database (`<profile>/mailbox`).
+fn open_volunteer(
+    profile: &Profile,
+    device: &kith_proto::DeviceKeypair,
+    mb: u64,
+) -> Result<(Volunteer, ServiceSettings), ControlError> {
+    if mb == 0 {
+        return Err(ControlError::Invalid(
+            "--volunteer needs at least 1 megabyte".into(),
+        ));
+    }
+    let dir = profile.dir().join("mailbox");
+    let backend = SledBackend::open(&dir)
+        .map_err(|e| ControlError::Start(format!("the volunteer's database: {e}")))?;
+    let config = VolunteerConfig {
+        limits: Limits {
+            total_quota_bytes: mb.saturating_mul(1024 * 1024),
+            ..Limits::default()
+        },
+        ..VolunteerConfig::default()
+    };
+    let volunteer = Volunteer::open(std::sync::Arc::new(backend), device.clone(), config)
+        .map_err(|e| ControlError::Start(format!("the volunteer's database: {e}")))?;
+    Ok((volunteer, ServiceSettings::default()))
 }
 
 /// Parses a message ID given as 32 hex digits.
@@ -240,6 +276,17 @@ fn state_json(state: &MessageState) -> Value {
         MessageState::Delivered { at } => json!({"state": "delivered", "at": at.0}),
         MessageState::Read { at } => json!({"state": "read", "at": at.0}),
         MessageState::Failed { reason } => json!({"state": "failed", "reason": reason}),
+        MessageState::Stored { volunteers, of } => {
+            json!({"state": "stored", "volunteers": volunteers, "of": of})
+        }
+    }
+}
+
+fn witness_json(witness: &Witness) -> Value {
+    match witness {
+        Witness::Witnessed => json!({"time": "witnessed"}),
+        Witness::Corrected { at } => json!({"time": "corrected", "at": at.0}),
+        Witness::Unwitnessed => json!({"time": "unwitnessed"}),
     }
 }
 
@@ -253,6 +300,7 @@ fn message_json(message: &MessageView) -> Value {
         "edited": message.edited,
         "deleted": message.deleted,
         "state": message.state.as_ref().map(state_json),
+        "witness": message.witness.as_ref().map(witness_json),
     })
 }
 

@@ -99,7 +99,7 @@ pub fn rotate(cli: &Cli) -> Result<String, CliError> {
 
 /// Runs a messenger command.
 pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(), CliError> {
-    if let Command::Daemon = command {
+    if let Command::Daemon { .. } = command {
         return daemon(cli, out).await;
     }
     if let Command::Chat { friend } = command {
@@ -144,7 +144,7 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
         Command::Name { name } => Request::SetName {
             name: name.join(" "),
         },
-        Command::Id(_) | Command::Daemon | Command::Chat { .. } => return Ok(()),
+        Command::Id(_) | Command::Daemon { .. } | Command::Chat { .. } => return Ok(()),
     };
     precheck(&request)?;
     let mut backend = Backend::open(cli).await?;
@@ -222,6 +222,11 @@ fn short_id(id: &Value) -> String {
 fn state_text(state: &Value) -> String {
     match state["state"].as_str() {
         Some("failed") => format!("failed: {}", state["reason"].as_str().unwrap_or("")),
+        Some("stored") => format!(
+            "stored with {} of {}",
+            state["volunteers"].as_u64().unwrap_or(0),
+            state["of"].as_u64().unwrap_or(0)
+        ),
         Some(s) => s.to_owned(),
         None => String::new(),
     }
@@ -346,7 +351,7 @@ fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result
             "New friends will see you as {}.",
             answer["name"].as_str().unwrap_or("")
         )?,
-        Command::Id(_) | Command::Daemon | Command::Chat { .. } => {}
+        Command::Id(_) | Command::Daemon { .. } | Command::Chat { .. } => {}
     }
     Ok(())
 }
@@ -364,6 +369,16 @@ fn print_message(out: &mut impl Write, m: &Value, friend_name: &str) -> Result<(
     }
     if m["from"] == "me" && !m["state"].is_null() {
         line.push_str(&format!("  [{}]", state_text(&m["state"])));
+    }
+    match m["witness"]["time"].as_str() {
+        Some("witnessed") => line.push_str("  [time witnessed]"),
+        Some("corrected") => line.push_str(&format!(
+            "  [sender's clock said {}; witnessed {}]",
+            time_text(&m["sent_at"]),
+            time_text(&m["witness"]["at"])
+        )),
+        Some("unwitnessed") => line.push_str("  [time not witnessed]"),
+        _ => {}
     }
     writeln!(out, "{line}")?;
     Ok(())

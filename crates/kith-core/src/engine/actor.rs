@@ -8,6 +8,8 @@
 //! them are answered together. Then every friend with outbox items and a
 //! device ready is pumped.
 
+mod mail;
+
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -29,8 +31,8 @@ use zeroize::Zeroizing;
 
 use super::{
     Command, Config, EngineError, Event, FriendInfo, HistoryPage, MAX_FRIENDS, MAX_OUTBOX,
-    MAX_PENDING_REQUESTS, MessageView, OutgoingInfo, REQUEST_UPDATE_INTERVAL, Reply, RequestInfo,
-    StartError, Status,
+    MAX_PENDING_REQUESTS, MailboxSettings, MessageView, OutgoingInfo, REQUEST_UPDATE_INTERVAL,
+    Reply, RequestInfo, StartError, Status,
 };
 use crate::frame::{self, Ack, BATCH_BYTES, BUNDLE_TARGET_BYTES, Item, MAX_ITEMS, Refusal};
 use crate::history::{Author, History, Inserted, StoredMessage};
@@ -38,7 +40,7 @@ use crate::records::{
     self, DEVICE, DISPLAY_NAME, EDITS, EditRecord, FRIENDS, FriendRecord, IncomingRecord,
     MessageState, OLM_ACCOUNT, OUTBOX, OutboxBody, OutboxItem, OutgoingRecord, REFUSED,
     REQUESTS_IN, REQUESTS_OUT, RefusalKind, RefusedRecord, SEEN_DROPS, SESSIONS, SETTINGS, STATES,
-    SessionsRecord, UNREAD,
+    SessionsRecord, UNREAD, WITNESS, Witness,
 };
 use crate::session::{DeviceSecrets, PairSession, Prekeys};
 
@@ -82,6 +84,17 @@ enum Done {
         result: Result<(), NetError>,
     },
     Fetched(Result<Vec<DropEntry>, NetError>),
+    Deposited {
+        friend: [u8; 32],
+        groups: Vec<mail::DepositGroup>,
+    },
+    ToppedUp(Vec<mail::TopUp>),
+    RequestDeposited {
+        to: [u8; 32],
+        digest: [u8; 32],
+        ok: bool,
+    },
+    MailFetched(Result<kith_mailbox::user::FetchOutcome, NetError>),
 }
 
 /// Payloads being gathered into one Olm message.
@@ -150,6 +163,21 @@ pub(super) struct Actor {
     waiters: Vec<Waiter>,
     stopping: Option<Reply<()>>,
     lost_events: u64,
+    mailbox: MailboxSettings,
+    /// The account key, shared with mail tasks (sealing, fetch proofs).
+    account_key: std::sync::Arc<kith_proto::AccountKeypair>,
+    volunteer: Option<kith_mailbox::service::VolunteerHandle>,
+    /// Friends found unreachable, and when.
+    offline: HashMap<[u8; 32], Instant>,
+    depositing: HashSet<[u8; 32]>,
+    deposit_retry: HashMap<[u8; 32], (Instant, Duration)>,
+    requests_depositing: HashSet<[u8; 32]>,
+    topping_up: bool,
+    next_top_up: Instant,
+    mail_fetching: bool,
+    mail_fetch_deferred: bool,
+    mail_fetch_retries: u32,
+    next_mail_fetch: Instant,
 }
 
 fn now_secs() -> u64 {
@@ -193,8 +221,11 @@ impl Actor {
             retry_min,
             retry_max,
             queue_capacity: _,
+            mailbox,
+            volunteer,
         } = config;
         let pickle_key = pickle_key(&identity);
+        let identity_secret = identity.account.secret_bytes();
         let start_error = |e: &dyn std::fmt::Display| StartError::Store(e.to_string());
         let secrets = match store
             .get(DEVICE, OLM_ACCOUNT)
@@ -225,8 +256,12 @@ impl Actor {
         let presence = PresenceKeys::derive(&identity.account);
         net.presence = Some(PresenceKeys::derive(&identity.account));
         net.prekeys = secrets.prekeys().encode();
+        net.mailbox_volunteer = volunteer.is_some();
         let (client, net_events, event_loop) = kith_net::new(net, None)?;
         tokio::spawn(event_loop.run());
+        let volunteer = volunteer.map(|(volunteer, settings)| {
+            kith_mailbox::service::start(client.clone(), volunteer, settings)
+        });
         let (done_tx, done_rx) = mpsc::channel(DONE_CAPACITY);
         let mut actor = Self {
             store,
@@ -268,6 +303,21 @@ impl Actor {
             waiters: Vec::new(),
             stopping: None,
             lost_events: 0,
+            next_top_up: Instant::now() + mailbox.top_up_every,
+            account_key: std::sync::Arc::new(kith_proto::AccountKeypair::from_secret_bytes(
+                &identity_secret,
+            )),
+            mailbox,
+            volunteer,
+            offline: HashMap::new(),
+            depositing: HashSet::new(),
+            deposit_retry: HashMap::new(),
+            requests_depositing: HashSet::new(),
+            topping_up: false,
+            mail_fetching: false,
+            mail_fetch_deferred: false,
+            mail_fetch_retries: 0,
+            next_mail_fetch: Instant::now(),
         };
         actor.load().map_err(|e| start_error(&e))?;
         Ok(actor)
@@ -959,6 +1009,7 @@ impl Actor {
             edited: false,
             deleted: false,
             state: Some(MessageState::Queued),
+            witness: None,
         };
         self.emit_after_commit(vec![Event::Message {
             friend: *friend,
@@ -1083,13 +1134,19 @@ impl Actor {
         let key = records::message_key(conversation, &stored.message.id);
         let edit: Option<EditRecord> =
             records::get(&self.store, EDITS, &key).map_err(store_error)?;
-        let state = match stored.author {
-            Author::Me => Some(
-                records::get(&self.store, STATES, &key)
-                    .map_err(store_error)?
-                    .unwrap_or(MessageState::Queued),
+        let (state, witness) = match stored.author {
+            Author::Me => (
+                Some(
+                    records::get(&self.store, STATES, &key)
+                        .map_err(store_error)?
+                        .unwrap_or(MessageState::Queued),
+                ),
+                None,
             ),
-            Author::Friend => None,
+            Author::Friend => (
+                None,
+                records::get::<Witness>(&self.store, WITNESS, &key).map_err(store_error)?,
+            ),
         };
         let (body, edited, deleted) = match edit {
             Some(EditRecord { deleted: true, .. }) => (String::new(), false, true),
@@ -1107,6 +1164,7 @@ impl Actor {
             edited,
             deleted,
             state,
+            witness,
         })
     }
 
@@ -1264,11 +1322,22 @@ impl Actor {
     fn on_net(&mut self, event: kith_net::Event) {
         match event {
             kith_net::Event::Request(request) => self.on_request(request),
+            kith_net::Event::MailboxRequest(request) => {
+                // Without a volunteer the protocol is not even offered;
+                // with one, a full queue drops the request (the sender
+                // retries elsewhere).
+                if let Some(volunteer) = &self.volunteer {
+                    volunteer.offer(request);
+                }
+            }
             kith_net::Event::Connected { peer, .. } => {
                 let newly = self.connected.insert(peer);
                 if std::mem::take(&mut self.poll_deferred) {
                     // Give Identify a moment to fill the routing table.
                     self.spawn_fetch(POLL_RETRY_DELAY);
+                }
+                if std::mem::take(&mut self.mail_fetch_deferred) {
+                    self.start_mail_fetch(POLL_RETRY_DELAY);
                 }
                 if !std::mem::replace(&mut self.greeted, true) {
                     self.greet_friends();
@@ -1277,6 +1346,7 @@ impl Actor {
                     device.next_attempt = Instant::now();
                     device.backoff = self.retry_min;
                     let friend = device.friend;
+                    self.friend_reachable(&friend);
                     if newly {
                         self.presence_changed(&friend, &peer, true);
                     }
@@ -1390,7 +1460,21 @@ impl Actor {
         let Ok(Payload::FriendAccept(accept)) = Payload::decode(&opened.payload) else {
             return Ack::Refused(Refusal::Unreadable);
         };
-        let sender = opened.sender;
+        self.take_accept(&opened.sender, &accept, Some(peer), ops, events)
+    }
+
+    /// Takes a friend acceptance from `sender`, which came from the device
+    /// `via` (directly) or as mail (`None`: the envelope's signature
+    /// vouches for the account, and no device is involved).
+    fn take_accept(
+        &mut self,
+        sender: &AccountPublicKey,
+        accept: &FriendAccept,
+        via: Option<&PeerId>,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) -> Ack {
+        let sender = *sender;
         if self.friends.contains_key(&sender.to_bytes()) {
             return Ack::Stored;
         }
@@ -1398,11 +1482,12 @@ impl Actor {
         let Ok(Some(out)) = records::get::<OutgoingRecord>(&self.store, REQUESTS_OUT, &key) else {
             return Ack::Refused(Refusal::NotFriend);
         };
-        if !accept
-            .card
-            .devices
-            .iter()
-            .any(|d| d.peer_id == peer.to_bytes())
+        if let Some(peer) = via
+            && !accept
+                .card
+                .devices
+                .iter()
+                .any(|d| d.peer_id == peer.to_bytes())
         {
             return Ack::Refused(Refusal::UnknownDevice);
         }
@@ -1416,7 +1501,9 @@ impl Actor {
         ops.push(records::delete(REQUESTS_OUT, key));
         self.register_friend(record);
         self.drop_due.remove(&sender.to_bytes());
-        self.connected_device(peer);
+        if let Some(peer) = via {
+            self.connected_device(peer);
+        }
         if let Ok(info) = self.friend_info(&sender) {
             events.push(Event::FriendAdded(info));
         }
@@ -1528,6 +1615,7 @@ impl Actor {
                                 edited: false,
                                 deleted: false,
                                 state: None,
+                                witness: None,
                             },
                         });
                         Ok(())
@@ -1636,6 +1724,7 @@ impl Actor {
             edited: !record.deleted,
             deleted: record.deleted,
             state: None,
+            witness: None,
         };
         if let Some(body) = record.body {
             view.body = body;
@@ -1654,6 +1743,14 @@ impl Actor {
             self.next_poll = now + self.request_poll;
             self.start_poll();
             self.renew_drops();
+        }
+        if now >= self.next_mail_fetch {
+            self.next_mail_fetch = now + self.mailbox.fetch_every;
+            self.start_mail_fetch(Duration::ZERO);
+        }
+        if now >= self.next_top_up {
+            self.next_top_up = now + self.mailbox.top_up_every;
+            self.start_top_up();
         }
         let due: Vec<[u8; 32]> = self
             .drop_due
@@ -1675,8 +1772,19 @@ impl Actor {
 
     fn pump(&mut self, friend_bytes: &[u8; 32]) {
         let now = Instant::now();
-        let Some(friend) = self.friends.get(friend_bytes) else {
+        if !self.friends.contains_key(friend_bytes) {
             self.with_items.remove(friend_bytes);
+            return;
+        }
+        // While a deposit is under way its items must not also go out
+        // directly; a friend found unreachable a moment ago gets mail.
+        if self.is_offline(friend_bytes) {
+            self.start_deposit(*friend_bytes);
+        }
+        if self.depositing.contains(friend_bytes) {
+            return;
+        }
+        let Some(friend) = self.friends.get(friend_bytes) else {
             return;
         };
         // Multi-device fan-out arrives with the device list (issue 6):
@@ -1839,7 +1947,7 @@ impl Actor {
             // stays delivered.
             let current: Option<MessageState> =
                 records::get(&self.store, STATES, &key).ok().flatten();
-            if current.is_some_and(|c| c.rank() >= 2) {
+            if current.is_some_and(|c| c.has_left()) {
                 return;
             }
             let state = MessageState::Failed {
@@ -1890,6 +1998,7 @@ impl Actor {
                     .map(|f| f.devices.clone())
                     .unwrap_or_default();
                 let found = result.unwrap_or_default();
+                let mut reached = false;
                 for peer in peers {
                     let Some(device) = self.devices.get_mut(&peer) else {
                         continue;
@@ -1904,9 +2013,15 @@ impl Actor {
                                 device.prekeys = prekeys;
                             }
                             device.next_attempt = now;
+                            reached = true;
                         }
                         _ => device.next_attempt = now + jitter(device.backoff),
                     }
+                }
+                if reached {
+                    self.friend_reachable(&friend);
+                } else {
+                    self.friend_unreachable(friend);
                 }
             }
             Done::Dropped { to, result } => {
@@ -1933,6 +2048,10 @@ impl Actor {
                     self.reply_after_commit(reply, count);
                 }
             }
+            Done::Deposited { friend, groups } => self.on_deposited(friend, groups),
+            Done::ToppedUp(results) => self.on_topped_up(results),
+            Done::RequestDeposited { to, digest, ok } => self.on_request_deposited(to, digest, ok),
+            Done::MailFetched(result) => self.on_mail_fetched(result),
         }
     }
 
@@ -1961,6 +2080,8 @@ impl Actor {
                 device.backoff = (device.backoff * 2).min(retry_max);
                 // Look the device up again: it may have moved.
                 device.addresses.clear();
+                let friend = device.friend;
+                self.friend_unreachable(friend);
                 return;
             }
         };
@@ -2031,6 +2152,7 @@ impl Actor {
     }
 
     fn start_poll(&mut self) {
+        self.start_mail_fetch(Duration::ZERO);
         if self.polling {
             return;
         }
@@ -2161,6 +2283,7 @@ impl Actor {
         let net = self.net.clone();
         let done = self.done_tx.clone();
         let drop_at = drop_key(out.to.account(), &out.to.nospam());
+        self.deposit_request(*out.to.account(), out.sealed.clone());
         let entry = DropEntry {
             expires: out.expires,
             sealed: out.sealed,
