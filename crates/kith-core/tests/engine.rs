@@ -2,132 +2,13 @@
 //! memory transport (three DHT nodes and the users' devices) and real
 //! stores on the in-memory backend, kept across restarts.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use kith_core::engine::{self, Engine, Event, MessageState};
+use common::{Device, befriend, eventually, start_nodes, wait_for};
+use kith_core::engine::{Event, MessageState};
 use kith_core::history::Author;
-use kith_net::{Multiaddr, Role, TransportKind};
-use kith_proto::DeviceKeypair;
-use kith_store::profile::Identity;
-use kith_store::{Backend, MemoryBackend, Store};
-
-type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-async fn start_nodes(n: usize) -> (Vec<kith_net::Client>, Vec<Multiaddr>) {
-    let mut clients = Vec::new();
-    let mut addrs: Vec<Multiaddr> = Vec::new();
-    for _ in 0..n {
-        let mut config = kith_net::Config::new(DeviceKeypair::generate(), Role::Node);
-        config.transport = TransportKind::Memory;
-        config.listen = vec!["/memory/0".parse().unwrap()];
-        config.bootstrap = addrs.clone();
-        let (client, mut events, event_loop) = kith_net::new(config, None).unwrap();
-        tokio::spawn(event_loop.run());
-        tokio::spawn(async move { while events.next().await.is_some() {} });
-        let addr = client.listen_addrs().await.unwrap()[0]
-            .clone()
-            .with(kith_net::Protocol::P2p(client.peer_id()));
-        addrs.push(addr);
-        clients.push(client);
-    }
-    (clients, addrs)
-}
-
-/// One user's device: its identity and store outlive engine restarts.
-struct Device {
-    identity: Identity,
-    backend: Arc<MemoryBackend>,
-    name: &'static str,
-}
-
-impl Device {
-    fn new(name: &'static str) -> Self {
-        Self {
-            identity: Identity::generate(),
-            backend: Arc::new(MemoryBackend::new()),
-            name,
-        }
-    }
-
-    fn start(&self, bootstrap: &[Multiaddr]) -> (Engine, Events) {
-        self.start_with(
-            bootstrap,
-            Duration::from_millis(100),
-            Duration::from_secs(2),
-        )
-    }
-
-    fn start_with(
-        &self,
-        bootstrap: &[Multiaddr],
-        retry_min: Duration,
-        retry_max: Duration,
-    ) -> (Engine, Events) {
-        let backend: Arc<dyn Backend> = self.backend.clone();
-        let store = Store::open(backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
-        let mut net = kith_net::Config::new(self.identity.device.clone(), Role::Client);
-        net.transport = TransportKind::Memory;
-        net.listen = vec!["/memory/0".parse().unwrap()];
-        net.bootstrap = bootstrap.to_vec();
-        net.timers.kad_query_timeout = Duration::from_secs(10);
-        let mut config = engine::Config::new(self.identity.clone(), store, net);
-        config.display_name = self.name.into();
-        config.retry_min = retry_min;
-        config.retry_max = retry_max;
-        let (engine, events) = engine::start(config).unwrap();
-        (engine, Box::pin(events))
-    }
-}
-
-async fn wait_for<T>(events: &mut Events, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let event = events.next().await.expect("engine running");
-            if let Some(found) = pick(&event) {
-                return found;
-            }
-        }
-    })
-    .await
-    .expect("event in time")
-}
-
-async fn eventually<T, F: Future<Output = Option<T>>>(mut check: impl FnMut() -> F) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("condition in time")
-}
-
-/// Alice asks, Bob accepts; returns when Alice knows.
-async fn befriend(alice: &Engine, alice_events: &mut Events, bob: &Engine) {
-    let bob_id = bob.status().await.unwrap().id;
-    eventually(|| async { alice.add(bob_id, "it's Alice".into()).await.ok() }).await;
-    let request = eventually(|| async {
-        bob.check_requests().await.ok();
-        bob.requests().await.unwrap().0.first().cloned()
-    })
-    .await;
-    assert_eq!(request.name, "alice");
-    assert_eq!(request.message, "it's Alice");
-    assert_eq!(request.account, alice.account());
-    bob.accept(request.account).await.unwrap();
-    wait_for(alice_events, |e| match e {
-        Event::FriendAdded(f) if f.account == bob.account() => Some(()),
-        _ => None,
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friends_chat_with_receipts_edits_deletions_and_typing() {

@@ -65,6 +65,7 @@ enum Job {
     Addresses(oneshot::Sender<Vec<MailboxAddress>>),
     Handoffs(MailboxAddress, oneshot::Sender<Vec<(ItemId, Vec<u8>)>>),
     Remove(MailboxAddress, Vec<ItemId>),
+    Holds(MailboxAddress, oneshot::Sender<Vec<ItemId>>),
 }
 
 /// A handle on a running volunteer. Cheap to clone; the volunteer stops
@@ -93,6 +94,16 @@ impl VolunteerHandle {
         let (tx, rx) = oneshot::channel();
         self.jobs.send(Job::Usage(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// The items held for `address`; empty once the volunteer has
+    /// stopped.
+    pub async fn holds(&self, address: MailboxAddress) -> Vec<ItemId> {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Holds(address, tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     async fn addresses(&self) -> Vec<MailboxAddress> {
@@ -125,9 +136,15 @@ fn now_ms() -> u64 {
 pub fn start(net: Client, volunteer: Volunteer, settings: ServiceSettings) -> VolunteerHandle {
     let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
     let handle = VolunteerHandle { jobs };
+    // Dropped when the thread ends (every handle gone): the timer task
+    // then ends too, releasing its network client.
+    let (ended_tx, mut ended) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("kith-volunteer".into())
-        .spawn(move || serve(volunteer, queue))
+        .spawn(move || {
+            serve(volunteer, queue);
+            drop(ended_tx);
+        })
         .map_err(|e| tracing::error!("could not start the volunteer thread: {e}"))
         .ok();
     let timers = handle.jobs.clone();
@@ -142,6 +159,7 @@ pub fn start(net: Client, volunteer: Volunteer, settings: ServiceSettings) -> Vo
         drop(timers);
         loop {
             tokio::select! {
+                _ = &mut ended => break,
                 _ = sweep.tick() => {
                     let Some(jobs) = weak.upgrade() else { break };
                     if jobs.send(Job::Sweep).await.is_err() {
@@ -186,6 +204,9 @@ fn serve(mut volunteer: Volunteer, mut queue: mpsc::Receiver<Job>) {
                     tracing::warn!("mailbox items unreadable: {e}");
                     Vec::new()
                 }));
+            }
+            Job::Holds(address, reply) => {
+                let _ = reply.send(volunteer.holds(&address).unwrap_or_default());
             }
             Job::Remove(address, ids) => {
                 if let Err(e) = volunteer.remove(&address, &ids) {

@@ -7,14 +7,16 @@ use clap::Parser;
 use kith_node::{FileConfig, NodeConfig, Overrides};
 
 /// A headless Kith node: bootstraps the DHT, relays for peers behind NAT,
-/// and exports Prometheus metrics on loopback.
+/// keeps offline mail for peers, and exports Prometheus metrics on
+/// loopback.
 #[derive(Debug, Parser)]
 #[command(name = "kithd", version, about)]
 struct Args {
     /// TOML config file (see packaging/kithd.toml); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Folder for the node key (created 0700 if missing).
+    /// Folder for the node key and the mailbox store (created 0700 if
+    /// missing).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Address to listen on; repeatable. Port 0 picks a free port.
@@ -49,6 +51,37 @@ struct Args {
     /// Most bytes per relay circuit and direction.
     #[arg(long, value_name = "BYTES")]
     relay_circuit_bytes: Option<u64>,
+    /// Keep no offline mail for others.
+    #[arg(long, conflicts_with_all = [
+        "mailbox_quota_mb", "mailbox_address_quota_kb", "mailbox_ttl_max_secs",
+        "mailbox_pow_bits", "mailbox_deposits_per_minute", "mailbox_burst",
+        "mailbox_sweep_secs", "mailbox_handoff_secs",
+    ])]
+    no_mailbox: bool,
+    /// Offline mail kept in all, in MiB of encoded items (default 256).
+    #[arg(long, value_name = "MIB")]
+    mailbox_quota_mb: Option<u64>,
+    /// Offline mail kept per mailbox address, in KiB (default 4096).
+    #[arg(long, value_name = "KIB")]
+    mailbox_address_quota_kb: Option<u64>,
+    /// Longest offline-mail lifetime accepted, in seconds (default 14 days).
+    #[arg(long, value_name = "SECS")]
+    mailbox_ttl_max_secs: Option<u64>,
+    /// Proof-of-work bits each deposit must carry (default 17, at most 24).
+    #[arg(long, value_name = "BITS")]
+    mailbox_pow_bits: Option<u32>,
+    /// Deposits one peer may make per minute (default 30).
+    #[arg(long, value_name = "N")]
+    mailbox_deposits_per_minute: Option<u32>,
+    /// Deposits one peer may make in a burst above that rate (default 10).
+    #[arg(long, value_name = "N")]
+    mailbox_burst: Option<u32>,
+    /// Seconds between deletions of expired mail (default 60).
+    #[arg(long, value_name = "SECS")]
+    mailbox_sweep_secs: Option<u64>,
+    /// Seconds between hand-offs of mail to closer volunteers (default 600).
+    #[arg(long, value_name = "SECS")]
+    mailbox_handoff_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +126,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             relay_max_circuits_per_peer: args.relay_max_circuits_per_peer,
             relay_circuit_secs: args.relay_circuit_secs,
             relay_circuit_bytes: args.relay_circuit_bytes,
+            no_mailbox: args.no_mailbox,
+            mailbox_quota_mb: args.mailbox_quota_mb,
+            mailbox_address_quota_kb: args.mailbox_address_quota_kb,
+            mailbox_ttl_max_secs: args.mailbox_ttl_max_secs,
+            mailbox_pow_bits: args.mailbox_pow_bits,
+            mailbox_deposits_per_minute: args.mailbox_deposits_per_minute,
+            mailbox_burst: args.mailbox_burst,
+            mailbox_sweep_secs: args.mailbox_sweep_secs,
+            mailbox_handoff_secs: args.mailbox_handoff_secs,
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -106,25 +148,34 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed at once, not
+/// when the future is first polled, so a signal that arrives while the node
+/// starts (say, just after it printed its addresses) stops it cleanly
+/// instead of killing it. Must be called inside the runtime.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -4,12 +4,15 @@
 //! It answers one request per connection, reads at most 8 KiB of request
 //! head with a 5-second deadline, serves at most 16 connections at once, and
 //! answers anything but `GET /metrics` with 404 — enough for a scraper,
-//! nothing for an attacker to grow.
+//! nothing for an attacker to grow. Before each scrape it runs the
+//! [`Refresh`] it was given (at most [`REFRESH_DEADLINE`]), so values kept
+//! elsewhere, such as what the mailbox volunteer holds, are current.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,11 +21,19 @@ use tokio::sync::Semaphore;
 const MAX_HEAD: usize = 8 * 1024;
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 16;
+/// Longest a [`Refresh`] may take; the registry is served as it stands
+/// after that.
+pub const REFRESH_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Work run before each scrape to bring metrics kept elsewhere up to date.
+pub type Refresh = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Binds `addr` and returns the bound address and the serving future.
+/// `refresh`, if any, runs before each scrape.
 pub async fn bind(
     addr: SocketAddr,
     registry: Arc<Mutex<Registry>>,
+    refresh: Option<Refresh>,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -38,8 +49,13 @@ pub async fn bind(
                 continue;
             };
             let registry = registry.clone();
+            let refresh = refresh.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(READ_DEADLINE, answer(stream, &registry)).await;
+                let _ = tokio::time::timeout(
+                    READ_DEADLINE,
+                    answer(stream, &registry, refresh.as_ref()),
+                )
+                .await;
                 drop(permit);
             });
         }
@@ -47,7 +63,11 @@ pub async fn bind(
     Ok((bound, serve))
 }
 
-async fn answer(mut stream: TcpStream, registry: &Mutex<Registry>) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    registry: &Mutex<Registry>,
+    refresh: Option<&Refresh>,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -61,6 +81,9 @@ async fn answer(mut stream: TcpStream, registry: &Mutex<Registry>) -> std::io::R
     let mut parts = request_line.split(|b| *b == b' ');
     let (method, path) = (parts.next(), parts.next());
     let response = if method == Some(b"GET") && path == Some(b"/metrics") {
+        if let Some(refresh) = refresh {
+            let _ = tokio::time::timeout(REFRESH_DEADLINE, refresh()).await;
+        }
         let mut body = String::new();
         let encoded = match registry.lock() {
             Ok(registry) => prometheus_client::encoding::text::encode(&mut body, &registry).is_ok(),

@@ -1,17 +1,22 @@
 //! Starts the real `kithd` binary on loopback and uses it as two clients
 //! would: bootstrap through it, publish presence, find and connect to each
 //! other directly and through its relay; then reads its metrics and stops it
-//! with SIGTERM.
+//! with SIGTERM. As a mailbox volunteer it keeps a deposit across a restart
+//! until the recipient fetches and acknowledges it; with `--no-mailbox` it
+//! takes none.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use kith_net::{Client, Config, Event, Multiaddr, Protocol, RelayReservation, Role};
+use kith_net::{
+    Client, Config, Event, Multiaddr, NetError, PeerId, Protocol, RelayReservation, Role,
+};
+use kith_proto::mailbox::MailboxItem;
 use kith_proto::presence::{PresenceKeys, PresenceShare};
 use kith_proto::{AccountKeypair, DeviceKeypair};
 use tokio::sync::mpsc as tokio_mpsc;
@@ -32,12 +37,18 @@ impl Drop for Kithd {
 /// Starts kithd and waits for its addresses (stdout) and metrics address
 /// (its log on stderr).
 fn start_kithd(data_dir: &Path) -> Kithd {
+    start_kithd_with(data_dir, &[])
+}
+
+/// [`start_kithd`] with more flags.
+fn start_kithd_with(data_dir: &Path, flags: &[&str]) -> Kithd {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kithd"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
         .args(["--metrics", "127.0.0.1:0"])
+        .args(flags)
         .env("KITHD_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -76,6 +87,39 @@ fn start_kithd(data_dir: &Path) -> Kithd {
         child,
         addrs,
         metrics,
+    }
+}
+
+impl Kithd {
+    /// The TCP address.
+    fn tcp(&self) -> Multiaddr {
+        self.addrs
+            .iter()
+            .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+            .expect("a TCP address")
+            .clone()
+    }
+
+    fn peer_id(&self) -> PeerId {
+        peer_of(&self.addrs[0]).parse().expect("a peer ID")
+    }
+
+    /// Sends SIGTERM and waits for a successful exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "kithd did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(exit.success(), "{exit:?}");
     }
 }
 
@@ -255,22 +299,9 @@ async fn two_clients_meet_through_a_real_kithd() {
 #[test]
 fn sigterm_stops_it_cleanly_and_the_key_persists() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut kithd = start_kithd(data.path());
+    let kithd = start_kithd(data.path());
     let first = peer_of(&kithd.addrs[0]);
-    let status = Command::new("kill")
-        .args(["-TERM", &kithd.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = kithd.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "kithd did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "{exit:?}");
+    kithd.stop();
 
     let again = start_kithd(data.path());
     assert_eq!(
@@ -304,4 +335,169 @@ fn bad_settings_are_refused_with_a_message() {
         .expect("runs");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a multiaddr"));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_kithd"))
+        .args(["--data-dir"])
+        .arg(data.path())
+        .args(["--mailbox-pow-bits", "25"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mailbox.pow_bits"), "{stderr}");
+}
+
+#[test]
+fn an_unusable_mailbox_store_is_named() {
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::write(data.path().join("mailbox"), "not a folder").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_kithd"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-metrics"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&data.path().join("mailbox").display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("mailbox store"), "{stderr}");
+}
+
+/// A client that bootstraps from `node` (at `bootstrap`) and has it in its
+/// routing table, so closest-peer queries find it.
+async fn mail_client(bootstrap: Multiaddr, node: PeerId) -> Client {
+    let mut config = Config::new(DeviceKeypair::generate(), Role::Client);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
+    config.bootstrap = vec![bootstrap];
+    let (client, mut events, event_loop) = kith_net::new(config, None).expect("client starts");
+    tokio::spawn(event_loop.run());
+    tokio::spawn(async move { while events.next().await.is_some() {} });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .routing_table()
+        .await
+        .is_ok_and(|table| table.contains(&node))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never joined the routing table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// What the volunteer holds by its metrics: items, bytes, mailboxes.
+fn mailbox_usage(metrics: &str) -> (f64, f64, f64) {
+    let text = scrape(metrics);
+    (
+        metric_sum(&text, "kithd_mailbox_items"),
+        metric_sum(&text, "kithd_mailbox_bytes"),
+        metric_sum(&text, "kithd_mailbox_mailboxes"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_survives_a_restart_until_fetched_and_acknowledged() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let flags = ["--mailbox-pow-bits", "8", "--mailbox-sweep-secs", "1"];
+    let kithd = tokio::task::block_in_place(|| start_kithd_with(data.path(), &flags));
+    let node = kithd.peer_id();
+    assert_eq!(mailbox_usage(&kithd.metrics), (0.0, 0.0, 0.0));
+
+    let sender = AccountKeypair::generate();
+    let recipient = AccountKeypair::generate();
+    let item = MailboxItem::seal(&sender, &recipient.public(), b"hi", unix_now() + 3600, 8)
+        .expect("sealed");
+    let client = mail_client(kithd.tcp(), node).await;
+    let outcome = kith_mailbox::user::deposit(&client, &item, 1, &[])
+        .await
+        .expect("a volunteer found");
+    assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+    assert_eq!(outcome.accepted.len(), 1, "{outcome:?}");
+    let accepted = &outcome.accepted[0];
+    assert_eq!(accepted.volunteer, node);
+    assert_eq!(accepted.receipt.item_id, item.item_id);
+    assert_eq!(accepted.receipt.volunteer_peer_id(), Ok(node));
+    // Stored before it was accepted, and counted on the next scrape.
+    assert_eq!(
+        mailbox_usage(&kithd.metrics),
+        (1.0, item.encoded_len() as f64, 1.0)
+    );
+    drop(client);
+
+    // A restart on the same folder: same node, same mail.
+    tokio::task::block_in_place(|| kithd.stop());
+    let kithd = tokio::task::block_in_place(|| start_kithd_with(data.path(), &flags));
+    assert_eq!(kithd.peer_id(), node);
+    assert_eq!(
+        mailbox_usage(&kithd.metrics),
+        (1.0, item.encoded_len() as f64, 1.0)
+    );
+
+    // The recipient, on a device of its own, fetches it with the receipt.
+    let client = mail_client(kithd.tcp(), node).await;
+    let fetched = kith_mailbox::user::fetch(&client, &recipient, 3)
+        .await
+        .expect("a volunteer found");
+    assert!(fetched.failures.is_empty(), "{:?}", fetched.failures);
+    assert_eq!(fetched.rejected, 0);
+    assert_eq!(fetched.items.len(), 1);
+    let got = &fetched.items[0];
+    assert_eq!(got.item, item);
+    assert_eq!(got.from, vec![node]);
+    assert_eq!(got.receipts, vec![accepted.receipt]);
+    let opened = got.item.open(&recipient).expect("opens");
+    assert_eq!(opened.content, b"hi");
+    assert_eq!(opened.sender, sender.public());
+
+    // Acknowledged, it is deleted.
+    let deleted =
+        kith_mailbox::user::acknowledge(&client, &recipient, &[item.item_id], &fetched.volunteers)
+            .await;
+    assert_eq!(deleted, 1);
+    assert_eq!(mailbox_usage(&kithd.metrics), (0.0, 0.0, 0.0));
+    let again = kith_mailbox::user::fetch(&client, &recipient, 3)
+        .await
+        .expect("a volunteer found");
+    assert!(again.items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_no_mailbox_takes_no_mail() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let kithd = tokio::task::block_in_place(|| start_kithd_with(data.path(), &["--no-mailbox"]));
+    let node = kithd.peer_id();
+    let client = mail_client(kithd.tcp(), node).await;
+
+    let sender = AccountKeypair::generate();
+    let recipient = AccountKeypair::generate();
+    let item = MailboxItem::seal(&sender, &recipient.public(), b"hi", unix_now() + 3600, 8)
+        .expect("sealed");
+    // The node is found but turns the protocol down, which a deposit
+    // leaves out of its refusals.
+    let outcome = kith_mailbox::user::deposit(&client, &item, 1, &[])
+        .await
+        .expect("the node is found");
+    assert!(outcome.accepted.is_empty(), "{outcome:?}");
+    assert!(outcome.refused.is_empty(), "{outcome:?}");
+    let asked = client
+        .mailbox_request(node, vec![kithd.tcp()], b"deposit".to_vec())
+        .await;
+    assert_eq!(
+        asked,
+        Err(NetError::Unsupported("/kith/mailbox/1.0.0".into()))
+    );
+    let text = tokio::task::block_in_place(|| scrape(&kithd.metrics));
+    assert!(!text.contains("kithd_mailbox_items"), "{text}");
 }
