@@ -91,6 +91,140 @@ pub fn start_kithd(data: &Path) -> anyhow::Result<(Proc, String)> {
     Ok((Proc { child }, line.trim().to_owned()))
 }
 
+/// A `kithd` that keeps offline mail (its default) and serves metrics on
+/// loopback, for scenarios that read what it holds.
+pub struct Kithd {
+    /// The process.
+    pub proc: Proc,
+    /// Its TCP address, ending in `/p2p/<peer id>`: what clients and other
+    /// nodes bootstrap from.
+    pub addr: String,
+    /// Where its metrics are served (`127.0.0.1:<port>`).
+    pub metrics: String,
+    /// Its data folder (node key and mailbox store).
+    pub data: PathBuf,
+}
+
+impl Kithd {
+    /// Starts `kithd` on `data`, listening on `listen` (a loopback TCP
+    /// multiaddr; port 0 picks one) and joining `bootstrap`, with metrics
+    /// on a free loopback port. Returns once it has printed its address.
+    pub fn start(data: &Path, listen: &str, bootstrap: &[String]) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary("kithd")?);
+        command
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", listen, "--metrics", "127.0.0.1:0"]);
+        for addr in bootstrap {
+            command.args(["--bootstrap", addr]);
+        }
+        let mut child = command
+            // The metrics address is only logged, at info.
+            .env("KITHD_LOG", "error,kith_node=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("kithd stdout")?;
+        let stderr = child.stderr.take().context("kithd stderr")?;
+        let proc = Proc { child };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(1);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                match line.find("metrics at http://") {
+                    Some(at) => {
+                        let rest = &line[at + "metrics at http://".len()..];
+                        let _ = tx.try_send(rest.trim().trim_end_matches("/metrics").to_owned());
+                    }
+                    // Its start-up notes are noise; warnings and errors
+                    // show in a failed test's output.
+                    None if line.contains(" INFO ") => {}
+                    None => eprintln!("kithd: {line}"),
+                }
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line.trim().to_owned();
+        if !addr.contains("/p2p/") {
+            bail!("kithd printed {line:?}, not its address");
+        }
+        let metrics = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("kithd never logged its metrics address")?;
+        Ok(Self {
+            proc,
+            addr,
+            metrics,
+            data: data.to_owned(),
+        })
+    }
+
+    /// Its listen address without the peer ID (`/ip4/127.0.0.1/tcp/<port>`),
+    /// to start it again on the same port.
+    pub fn listen_addr(&self) -> String {
+        match self.addr.find("/p2p/") {
+            Some(at) => self.addr[..at].to_owned(),
+            None => self.addr.clone(),
+        }
+    }
+
+    /// Its metrics page.
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        let mut stream = std::net::TcpStream::connect(&self.metrics)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: kithd\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        if !response.starts_with("HTTP/1.1 200") {
+            bail!("metrics answered {response:?}");
+        }
+        Ok(response)
+    }
+
+    /// The sum of every sample of metric `name` (any labels).
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.scrape()?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Mailbox items it holds (`kithd_mailbox_items`).
+    pub fn mailbox_items(&self) -> anyhow::Result<u64> {
+        let items = self.metric("kithd_mailbox_items")?;
+        // A gauge of whole items.
+        Ok(items as u64)
+    }
+
+    /// Stops it with SIGTERM; it must exit cleanly within 20 s.
+    pub fn terminate(mut self) -> anyhow::Result<()> {
+        let child = &mut self.proc.child;
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("kithd {pid} exited with {status} on SIGTERM");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("kithd {pid} did not stop on SIGTERM")
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill9(self) -> anyhow::Result<()> {
+        self.proc.kill9()
+    }
+}
+
 /// One user of the `kith` binary: a profile in a shared `KITH_HOME`.
 #[derive(Clone)]
 pub struct User {
