@@ -33,19 +33,21 @@ pub struct ChatResult {
     pub msgs_per_s: f64,
 }
 
-type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
+pub(crate) type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
 
-fn start_engine(
+/// Starts an engine for `identity` on a sled store in `dir/name` (kept
+/// across restarts), bootstrapping from `bootstrap`.
+pub(crate) fn start_engine(
     dir: &std::path::Path,
     name: &str,
-    bootstrap: &Multiaddr,
+    identity: Identity,
+    bootstrap: &[Multiaddr],
 ) -> anyhow::Result<(Engine, Events)> {
-    let identity = Identity::generate();
     let backend = SledBackend::open(&dir.join(name))?;
     let store = Store::open(Arc::new(backend), None, kith_core::SCHEMA_VERSION, &[])?;
     let mut net = kith_net::Config::new(identity.device.clone(), kith_net::Role::Client);
     net.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
-    net.bootstrap = vec![bootstrap.clone()];
+    net.bootstrap = bootstrap.to_vec();
     net.relay_reservation = kith_net::RelayReservation::Never;
     let mut config = engine::Config::new(identity, store, net);
     config.display_name = name.into();
@@ -55,7 +57,7 @@ fn start_engine(
     Ok((engine, Box::pin(events)))
 }
 
-async fn next_matching<T>(
+pub(crate) async fn next_matching<T>(
     events: &mut Events,
     limit: Duration,
     mut pick: impl FnMut(Event) -> Option<T>,
@@ -73,7 +75,11 @@ async fn next_matching<T>(
 }
 
 /// Makes Alice and Bob friends through the request drop.
-async fn befriend(alice: &Engine, alice_events: &mut Events, bob: &Engine) -> anyhow::Result<()> {
+pub(crate) async fn befriend(
+    alice: &Engine,
+    alice_events: &mut Events,
+    bob: &Engine,
+) -> anyhow::Result<()> {
     let bob_id = bob.status().await?.id;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -110,8 +116,10 @@ pub async fn run(
     let node = Kithd::start(kithd)?;
     let bootstrap = node.addrs.first().context("kithd address")?.clone();
     let dir = tempfile::tempdir()?;
-    let (alice, mut alice_events) = start_engine(dir.path(), "alice", &bootstrap)?;
-    let (bob, mut bob_events) = start_engine(dir.path(), "bob", &bootstrap)?;
+    let bootstrap = [bootstrap];
+    let (alice, mut alice_events) =
+        start_engine(dir.path(), "alice", Identity::generate(), &bootstrap)?;
+    let (bob, mut bob_events) = start_engine(dir.path(), "bob", Identity::generate(), &bootstrap)?;
     befriend(&alice, &mut alice_events, &bob).await?;
     let alice_key = alice.account();
     let bob_key = bob.account();

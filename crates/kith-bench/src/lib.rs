@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod connect;
+pub mod offline;
 pub mod proc;
 
 use std::io::Write;

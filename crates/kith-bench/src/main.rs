@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use kith_bench::{chat, connect, emit, percentile, proc};
+use kith_bench::{chat, connect, emit, offline, percentile, proc};
 
 /// Kith benchmarks; one JSON object per metric on standard output.
 #[derive(Debug, Parser)]
@@ -34,6 +34,20 @@ enum Scenario {
         rounds: usize,
         /// Messages for the one-way run (a multiple of 1,000).
         #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// The kithd binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kithd: Option<PathBuf>,
+    },
+    /// Three kithd volunteers and two engines never online together: time
+    /// until the recipient is shown every message left for it, then the
+    /// share it gets with two of the three volunteers gone.
+    Offline {
+        /// Timed runs with every volunteer up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Messages waiting per run.
+        #[arg(long, default_value_t = 100)]
         messages: usize,
         /// The kithd binary (default: the one beside kith-bench).
         #[arg(long, value_name = "PATH")]
@@ -83,6 +97,28 @@ fn main() -> anyhow::Result<()> {
             }
             emit(&mut out, "chat", "msgs_per_s", result.msgs_per_s)?;
             emit(&mut out, "chat", "runs", result.rtt_ms.len() as f64)?;
+        }
+        Scenario::Offline {
+            runs,
+            messages,
+            kithd,
+        } => {
+            anyhow::ensure!(runs > 0, "--runs must be at least 1");
+            anyhow::ensure!(messages > 0, "--messages must be at least 1");
+            let binary = proc::kithd_binary(kithd)?;
+            let result = runtime.block_on(offline::run(&binary, runs, messages))?;
+            for (metric, p) in [("deliver_ms_p50", 50.0), ("deliver_ms_max", 100.0)] {
+                if let Some(value) = percentile(&result.deliver_ms, p) {
+                    emit(&mut out, "offline", metric, value)?;
+                }
+            }
+            emit(
+                &mut out,
+                "offline",
+                "delivered_ratio",
+                result.delivered_ratio,
+            )?;
+            emit(&mut out, "offline", "runs", result.deliver_ms.len() as f64)?;
         }
     }
     Ok(())

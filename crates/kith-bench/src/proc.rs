@@ -19,8 +19,17 @@ impl Kithd {
     /// Starts `binary` with a fresh data folder, listening on a free TCP
     /// port on 127.0.0.1, without metrics.
     pub fn start(binary: &Path) -> anyhow::Result<Self> {
+        Self::start_with(binary, &[])
+    }
+
+    /// Like [`Self::start`], bootstrapping from `bootstrap`.
+    pub fn start_with(binary: &Path, bootstrap: &[Multiaddr]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        for addr in bootstrap {
+            command.arg("--bootstrap").arg(addr.to_string());
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(data.path())
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-metrics"])

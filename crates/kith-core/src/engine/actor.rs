@@ -170,6 +170,9 @@ pub(super) struct Actor {
     /// Friends found unreachable, and when.
     offline: HashMap<[u8; 32], Instant>,
     depositing: HashSet<[u8; 32]>,
+    /// Offline friends with new outbox items, and when to leave them as
+    /// mail (a moment later, so a burst of sends makes one item).
+    deposit_due: HashMap<[u8; 32], Instant>,
     deposit_retry: HashMap<[u8; 32], (Instant, Duration)>,
     requests_depositing: HashSet<[u8; 32]>,
     topping_up: bool,
@@ -311,6 +314,7 @@ impl Actor {
             volunteer,
             offline: HashMap::new(),
             depositing: HashSet::new(),
+            deposit_due: HashMap::new(),
             deposit_retry: HashMap::new(),
             requests_depositing: HashSet::new(),
             topping_up: false,
@@ -1748,6 +1752,7 @@ impl Actor {
             self.next_mail_fetch = now + self.mailbox.fetch_every;
             self.start_mail_fetch(Duration::ZERO);
         }
+        self.start_due_deposits(now);
         if now >= self.next_top_up {
             self.next_top_up = now + self.mailbox.top_up_every;
             self.start_top_up();
@@ -1779,7 +1784,8 @@ impl Actor {
         // While a deposit is under way its items must not also go out
         // directly; a friend found unreachable a moment ago gets mail.
         if self.is_offline(friend_bytes) {
-            self.start_deposit(*friend_bytes);
+            self.deposit_soon(*friend_bytes);
+            return;
         }
         if self.depositing.contains(friend_bytes) {
             return;

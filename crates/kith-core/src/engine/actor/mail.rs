@@ -52,6 +52,9 @@ pub(super) const OFFLINE_FOR: Duration = Duration::from_secs(60);
 /// [`DEPOSIT_RETRY_MAX`].
 const DEPOSIT_RETRY_MIN: Duration = Duration::from_secs(15);
 const DEPOSIT_RETRY_MAX: Duration = Duration::from_secs(600);
+/// New items for an offline friend wait this long to be sealed, so that
+/// a burst of sends becomes one mailbox item rather than many.
+const DEPOSIT_GATHER: Duration = Duration::from_millis(300);
 /// Deposit records topped up per round.
 const TOP_UP_BATCH: usize = 64;
 /// A fetch that found no volunteer (routing table still empty) is retried
@@ -122,6 +125,26 @@ impl Actor {
         self.deposit_retry.remove(friend);
     }
 
+    /// Leaves `friend`'s new items as mail shortly (see
+    /// [`DEPOSIT_GATHER`]).
+    pub(super) fn deposit_soon(&mut self, friend: [u8; 32]) {
+        self.deposit_due
+            .entry(friend)
+            .or_insert_with(|| Instant::now() + DEPOSIT_GATHER);
+    }
+
+    pub(super) fn start_due_deposits(&mut self, now: Instant) {
+        let due: Vec<[u8; 32]> = self
+            .deposit_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(friend, _)| *friend)
+            .collect();
+        for friend in due {
+            self.start_deposit(friend);
+        }
+    }
+
     /// Seals what waits in the outbox for `friend_bytes` as mailbox items
     /// and leaves them with volunteers, unless a deposit is under way or
     /// backing off.
@@ -129,6 +152,7 @@ impl Actor {
         if self.depositing.contains(&friend_bytes) || self.stopping.is_some() {
             return;
         }
+        self.deposit_due.remove(&friend_bytes);
         if let Some((at, _)) = self.deposit_retry.get(&friend_bytes)
             && *at > Instant::now()
         {
