@@ -1341,7 +1341,9 @@ impl Actor {
                     self.spawn_fetch(POLL_RETRY_DELAY);
                 }
                 if std::mem::take(&mut self.mail_fetch_deferred) {
-                    self.start_mail_fetch(POLL_RETRY_DELAY);
+                    // Tried at once; while the routing table is still
+                    // empty the fetch finds nobody and is retried shortly.
+                    self.start_mail_fetch(Duration::ZERO);
                 }
                 if !std::mem::replace(&mut self.greeted, true) {
                     self.greet_friends();

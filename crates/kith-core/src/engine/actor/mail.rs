@@ -59,9 +59,9 @@ const DEPOSIT_GATHER: Duration = Duration::from_millis(300);
 const TOP_UP_BATCH: usize = 64;
 /// A fetch that found no volunteer (routing table still empty) is retried
 /// this many times…
-const FETCH_RETRIES: u32 = 20;
+const FETCH_RETRIES: u32 = 60;
 /// …this far apart.
-const FETCH_RETRY_DELAY: Duration = Duration::from_millis(250);
+const FETCH_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// One item a deposit task made: the outbox entries it carries and how the
 /// volunteers answered.
