@@ -159,3 +159,79 @@ async fn mail_survives_two_of_three_volunteers_dying() {
     assert_eq!(bodies, expected(20));
     eventually(|| async { (survivor.items_for(&bob_account).await == 0).then_some(()) }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptance_and_messages_left_as_mail_arrive_together() {
+    let (_nodes, bootstrap) = start_volunteers(3).await;
+    let alice_device = Device::new("alice");
+    let bob_device = Device::new("bob");
+    let (alice, _alice_events) = alice_device.start_mail(&bootstrap);
+    let (bob, _bob_events) = bob_device.start_mail(&bootstrap);
+    let bob_id = bob.status().await.unwrap().id;
+    let alice_account = alice.account();
+    eventually(|| async { alice.add(bob_id, "it's Alice".into()).await.ok() }).await;
+    eventually(|| async {
+        bob.check_requests().await.ok();
+        bob.requests().await.unwrap().0.first().cloned()
+    })
+    .await;
+    // Alice leaves before Bob answers: his acceptance and the messages
+    // after it can only reach her as mail. The mail items' IDs are random,
+    // so the fetch returns them in any order; the acceptance must still
+    // come first.
+    alice.shutdown().await.unwrap();
+    drop(alice);
+    bob.accept(alice_account).await.unwrap();
+    for i in 0..5 {
+        bob.send(alice_account, format!("welcome {i}"))
+            .await
+            .unwrap();
+    }
+    eventually(|| async {
+        let page = history(&bob, alice_account).await;
+        page.iter()
+            .all(|m| matches!(m.state, Some(MessageState::Stored { volunteers: 3, .. })))
+            .then_some(())
+    })
+    .await;
+    bob.shutdown().await.unwrap();
+    drop(bob);
+
+    let (alice, _alice_events) = alice_device.start_mail(&bootstrap);
+    let bob_account =
+        eventually(|| async { alice.friends().await.unwrap().first().map(|f| f.account) }).await;
+    let page = eventually(|| async {
+        let page = history(&alice, bob_account).await;
+        (page.len() >= 5).then_some(page)
+    })
+    .await;
+    let bodies: Vec<String> = page.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        (0..5).map(|i| format!("welcome {i}")).collect::<Vec<_>>()
+    );
+
+    // Bob comes back: the acceptance he kept goes directly as well (Alice
+    // already has it), and his new messages are delivered directly.
+    let (bob, _bob_events) = bob_device.start_mail(&bootstrap);
+    let id = bob
+        .send(alice_account, "and directly".into())
+        .await
+        .unwrap();
+    eventually(|| async {
+        history(&bob, alice_account)
+            .await
+            .iter()
+            .any(|m| {
+                m.id == id
+                    && matches!(
+                        m.state,
+                        Some(MessageState::Delivered { .. } | MessageState::Read { .. })
+                    )
+            })
+            .then_some(())
+    })
+    .await;
+    eventually(|| async { (bob.status().await.unwrap().outbox == 0).then_some(()) }).await;
+    assert_eq!(history(&alice, bob_account).await.len(), 6);
+}

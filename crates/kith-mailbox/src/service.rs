@@ -15,14 +15,17 @@
 //! (peers that turn the protocol down are skipped and remembered for a
 //! while) and compares distances with its own ID. Items go, byte for byte
 //! with their receipts, to members of that set that have not taken them
-//! from us yet; when this node is no longer in the set, it deletes each
-//! item once a member has accepted it. The signed expiry never changes.
+//! from us yet; a member is a volunteer that holds every item after the
+//! round (one that refuses some, rate-limits us or cannot be reached is
+//! passed over). When this node is no longer in the set, it deletes an
+//! item only once `replicas` members hold it. The signed expiry never
+//! changes.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kith_net::{Client, InboundRequest, NetError, Peer, PeerId, sort_by_distance};
-use kith_proto::mailbox::{ItemId, MailboxAddress};
+use kith_proto::mailbox::{DepositRefusal, ItemId, MailboxAddress};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::Response;
@@ -147,25 +150,41 @@ pub fn start(net: Client, volunteer: Volunteer, settings: ServiceSettings) -> Vo
         })
         .map_err(|e| tracing::error!("could not start the volunteer thread: {e}"))
         .ok();
-    let timers = handle.jobs.clone();
     let weak = handle.jobs.downgrade();
+    let sweep_jobs = weak.clone();
+    let sweep_every = settings.sweep_every.max(Duration::from_secs(1));
+    // The two timers run in tasks of their own, so a long hand-off round
+    // never holds up the sweep. Both end with the volunteer's thread.
+    let (ended_tx, _) = tokio::sync::watch::channel(());
+    let mut sweep_ended = ended_tx.subscribe();
+    let mut handoff_ended = ended_tx.subscribe();
     tokio::spawn(async move {
-        let mut sweep = tokio::time::interval(settings.sweep_every.max(Duration::from_secs(1)));
+        let _ = (&mut ended).await;
+        drop(ended_tx);
+    });
+    tokio::spawn(async move {
+        let mut sweep = tokio::time::interval(sweep_every);
+        loop {
+            tokio::select! {
+                _ = sweep_ended.changed() => break,
+                _ = sweep.tick() => {
+                    let Some(jobs) = sweep_jobs.upgrade() else { break };
+                    if jobs.send(Job::Sweep).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
         let mut handoff = tokio::time::interval(settings.handoff_every.max(Duration::from_secs(1)));
         // The first hand-off waits one period: the routing table fills
         // first.
         handoff.tick().await;
         let mut state = Handoff::default();
-        drop(timers);
         loop {
             tokio::select! {
-                _ = &mut ended => break,
-                _ = sweep.tick() => {
-                    let Some(jobs) = weak.upgrade() else { break };
-                    if jobs.send(Job::Sweep).await.is_err() {
-                        break;
-                    }
-                }
+                _ = handoff_ended.changed() => break,
                 _ = handoff.tick() => {
                     let Some(jobs) = weak.upgrade() else { break };
                     state
@@ -256,7 +275,8 @@ impl Handoff {
         // of them.
         let me = net.peer_id();
         let mut members: Vec<Peer> = Vec::new();
-        let mut accepted: HashSet<ItemId> = HashSet::new();
+        // Members of the set known to hold each item.
+        let mut holders: HashMap<ItemId, usize> = HashMap::new();
         let mut me_inside = false;
         for peer in candidates {
             if !me_inside && closer(&address, me, peer.peer_id) {
@@ -268,37 +288,56 @@ impl Handoff {
             if self.not_volunteers.contains_key(&peer.peer_id) {
                 continue;
             }
-            let mut volunteers = true;
+            // A member is a volunteer that now holds every item; one that
+            // refuses some, is rate limiting us or cannot be reached is
+            // passed over this round.
+            let mut holds_all = true;
+            let mut taken = Vec::new();
             for (id, request) in &items {
                 if self.handed.contains(&(*id, peer.peer_id)) {
-                    accepted.insert(*id);
+                    taken.push(*id);
                     continue;
                 }
                 match net
                     .mailbox_request(peer.peer_id, peer.addresses.clone(), request.clone())
                     .await
                 {
-                    Ok(answer) => {
-                        if matches!(Response::decode(&answer), Ok(Response::Accepted { .. })) {
+                    Ok(answer) => match Response::decode(&answer) {
+                        Ok(Response::Accepted { .. }) => {
                             self.handed.insert((*id, peer.peer_id));
-                            accepted.insert(*id);
+                            taken.push(*id);
                         }
-                    }
+                        Ok(response) => {
+                            holds_all = false;
+                            let refusal = response.refusal();
+                            tracing::debug!(peer = %peer.peer_id, ?refusal, "hand-off refused");
+                            if matches!(refusal, Some(DepositRefusal::RateLimited { .. })) {
+                                break;
+                            }
+                        }
+                        Err(_) => {
+                            holds_all = false;
+                            break;
+                        }
+                    },
                     Err(NetError::Unsupported(_)) => {
-                        volunteers = false;
+                        holds_all = false;
+                        self.not_volunteers
+                            .insert(peer.peer_id, now_plus(NOT_VOLUNTEER_FOR));
                         break;
                     }
                     Err(e) => {
+                        holds_all = false;
                         tracing::debug!(peer = %peer.peer_id, "hand-off failed: {e}");
                         break;
                     }
                 }
             }
-            if volunteers {
+            if holds_all {
+                for id in taken {
+                    *holders.entry(id).or_default() += 1;
+                }
                 members.push(peer);
-            } else {
-                self.not_volunteers
-                    .insert(peer.peer_id, now_plus(NOT_VOLUNTEER_FOR));
             }
         }
         let still_member = me_inside || members.len() < replicas;
@@ -306,7 +345,7 @@ impl Handoff {
             let gone: Vec<ItemId> = items
                 .iter()
                 .map(|(id, _)| *id)
-                .filter(|id| accepted.contains(id))
+                .filter(|id| holders.get(id).copied().unwrap_or(0) >= replicas)
                 .collect();
             if !gone.is_empty() {
                 tracing::debug!(

@@ -266,7 +266,8 @@ pub struct FetchOutcome {
 }
 
 /// Collects `account`'s mail from the `ask` closest volunteers to its
-/// mailbox address, all at once: proves the account to each with its
+/// mailbox address (peers that do not volunteer are passed over), `ask` at
+/// a time: proves the account to each with its
 /// challenge, takes every page, and merges the copies by item ID.
 /// Items are not deleted: [`acknowledge`] them once stored.
 pub async fn fetch(
@@ -275,19 +276,25 @@ pub async fn fetch(
     ask: usize,
 ) -> Result<FetchOutcome, NetError> {
     let address = mailbox_address(&account.public());
-    let candidates: Vec<Peer> = net
+    let mut next = net
         .closest_peers(address.to_vec())
         .await?
         .into_iter()
-        .take(ask.min(MAX_CANDIDATES))
-        .collect();
-    let mut running: FuturesUnordered<_> = candidates
-        .into_iter()
-        .map(|peer| fetch_one(net, account, &address, peer))
-        .collect();
+        .take(MAX_CANDIDATES);
+    let mut running = FuturesUnordered::new();
     let mut outcome = FetchOutcome::default();
     let mut by_id: BTreeMap<ItemId, FetchedItem> = BTreeMap::new();
-    while let Some((peer, result)) = running.next().await {
+    // Walk down the closest list, `ask` volunteers at a time, past peers
+    // that do not volunteer, as deposits do: mail left beyond a few
+    // non-volunteers is still found.
+    loop {
+        while outcome.volunteers.len() + outcome.failures.len() + running.len() < ask {
+            let Some(peer) = next.next() else { break };
+            running.push(fetch_one(net, account, &address, peer));
+        }
+        let Some((peer, result)) = running.next().await else {
+            break;
+        };
         match result {
             Ok((items, rejected)) => {
                 outcome.rejected += rejected;

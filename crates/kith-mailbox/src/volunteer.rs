@@ -671,6 +671,10 @@ impl Volunteer {
                         }
                     },
                 };
+                // The first attempt may have been written but not flushed
+                // (its answer was Busy): the retry's acceptance must not
+                // promise more than is on disk.
+                self.store.flush()?;
                 Ok(Response::Accepted { receipt })
             }
             Some(carried) => {

@@ -173,9 +173,14 @@ pub(super) struct Actor {
     /// Offline friends with new outbox items, and when to leave them as
     /// mail (a moment later, so a burst of sends makes one item).
     deposit_due: HashMap<[u8; 32], Instant>,
+    /// Outbox keys of sealed acceptances already left as mail (they stay
+    /// in the outbox until delivered directly too).
+    mailed: HashSet<Vec<u8>>,
     deposit_retry: HashMap<[u8; 32], (Instant, Duration)>,
     requests_depositing: HashSet<[u8; 32]>,
     topping_up: bool,
+    /// Where the next top-up round starts in the `deposits` tree.
+    top_up_cursor: Option<Vec<u8>>,
     next_top_up: Instant,
     mail_fetching: bool,
     mail_fetch_deferred: bool,
@@ -315,9 +320,11 @@ impl Actor {
             offline: HashMap::new(),
             depositing: HashSet::new(),
             deposit_due: HashMap::new(),
+            mailed: HashSet::new(),
             deposit_retry: HashMap::new(),
             requests_depositing: HashSet::new(),
             topping_up: false,
+            top_up_cursor: None,
             mail_fetching: false,
             mail_fetch_deferred: false,
             mail_fetch_retries: 0,

@@ -42,7 +42,7 @@ use super::{Actor, Done, Event, jitter, now_secs};
 use crate::frame::{self, MAIL_BUNDLE_TARGET_BYTES, MAX_ITEMS, Mail};
 use crate::records::{
     self, DEPOSITS, DepositRecord, MessageState, OUTBOX, OutboxBody, OutboxItem, REQUEST_ITEMS,
-    STATES, WITNESS, Witness,
+    REQUESTS_OUT, STATES, WITNESS, Witness,
 };
 
 /// A friend found unreachable is sent mail, not direct requests, for this
@@ -67,6 +67,10 @@ const FETCH_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// volunteers answered.
 pub(super) struct DepositGroup {
     keys: Vec<Vec<u8>>,
+    /// A sealed acceptance: it stays in the outbox to go directly too, as
+    /// the friend's device refuses our messages until it has the
+    /// acceptance, and may come online before it fetches its mail.
+    keep: bool,
     messages: Vec<MessageId>,
     item: Option<MailboxItem>,
     outcome: Result<DepositOutcome, String>,
@@ -122,6 +126,7 @@ impl Actor {
     /// `friend` was found or connected: deliver directly again.
     pub(super) fn friend_reachable(&mut self, friend: &[u8; 32]) {
         self.offline.remove(friend);
+        self.deposit_due.remove(friend);
         self.deposit_retry.remove(friend);
     }
 
@@ -152,15 +157,25 @@ impl Actor {
         if self.depositing.contains(&friend_bytes) || self.stopping.is_some() {
             return;
         }
-        self.deposit_due.remove(&friend_bytes);
         if let Some((at, _)) = self.deposit_retry.get(&friend_bytes)
             && *at > Instant::now()
         {
             return;
         }
         let Some(friend) = self.friends.get(&friend_bytes) else {
+            self.deposit_due.remove(&friend_bytes);
             return;
         };
+        // Items in a direct request now are not mailed as well; the
+        // deposit stays due and is tried on a later tick.
+        if friend
+            .devices
+            .iter()
+            .any(|p| self.devices.get(p).is_some_and(|d| d.in_flight))
+        {
+            return;
+        }
+        self.deposit_due.remove(&friend_bytes);
         let account = friend.account;
         let items =
             match records::prefixed::<OutboxItem>(&self.store, OUTBOX, &friend.key, MAX_ITEMS) {
@@ -170,7 +185,28 @@ impl Actor {
                     return;
                 }
             };
-        let groups = group_mail(items);
+        let now = Timestamp::now();
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut live = Vec::with_capacity(items.len());
+        for (key, item) in items {
+            if item.expires <= now {
+                self.fail(
+                    &key,
+                    &item,
+                    "not delivered before its time ran out",
+                    &mut ops,
+                    &mut events,
+                );
+            } else if !(matches!(item.body, OutboxBody::Sealed(_)) && self.mailed.contains(&key)) {
+                live.push((key, item));
+            }
+        }
+        self.stage(ops);
+        for event in events {
+            self.emit(event);
+        }
+        let groups = group_mail(live);
         if groups.is_empty() {
             return;
         }
@@ -183,6 +219,7 @@ impl Actor {
             let expires = now_secs().saturating_add(settings.item_ttl.as_secs());
             let mut results = Vec::with_capacity(groups.len());
             for (keys, messages, mail) in groups {
+                let keep = matches!(mail, Mail::Accept(_));
                 let content = frame::encode_mail(&mail);
                 let sender = sender.clone();
                 let difficulty = settings.pow_difficulty;
@@ -195,6 +232,7 @@ impl Actor {
                     Ok(Err(e)) => {
                         results.push(DepositGroup {
                             keys,
+                            keep,
                             messages,
                             item: None,
                             outcome: Err(e.to_string()),
@@ -204,6 +242,7 @@ impl Actor {
                     Err(e) => {
                         results.push(DepositGroup {
                             keys,
+                            keep,
                             messages,
                             item: None,
                             outcome: Err(e.to_string()),
@@ -219,6 +258,7 @@ impl Actor {
                 let stop = outcome.as_ref().map_or(true, |o| o.accepted.is_empty());
                 results.push(DepositGroup {
                     keys,
+                    keep,
                     messages,
                     item: Some(item),
                     outcome,
@@ -271,20 +311,32 @@ impl Actor {
             };
             let holders = outcome.accepted.len();
             for key in group.keys {
-                ops.push(records::delete(OUTBOX, key));
-                self.outbox_len = self.outbox_len.saturating_sub(1);
+                if group.keep {
+                    self.mailed.insert(key);
+                } else if matches!(self.store.get(OUTBOX, &key), Ok(Some(_))) {
+                    // (Gone already if a direct delivery got there first.)
+                    ops.push(records::delete(OUTBOX, key));
+                    self.outbox_len = self.outbox_len.saturating_sub(1);
+                }
             }
             let state = stored_state(holders, replicas);
             for id in &group.messages {
                 self.raise_state(&account, &conversation, *id, &state, &mut ops, &mut events);
             }
-            if holders < replicas
+            // Every deposit with messages is followed until they are
+            // delivered (or the item expires unfetched, and they fail); its
+            // bytes are kept only while more volunteers are wanted.
+            if (holders < replicas || !group.messages.is_empty())
                 && let Some(item) = group.item
                 && let Ok(encoded) = item.encode()
             {
                 let record = DepositRecord {
                     friend,
-                    item: encoded,
+                    item: if holders < replicas {
+                        encoded
+                    } else {
+                        Vec::new()
+                    },
                     holders: outcome
                         .accepted
                         .iter()
@@ -297,9 +349,7 @@ impl Actor {
             }
         }
         self.stage(ops);
-        for event in events {
-            self.emit(event);
-        }
+        self.emit_after_commit(events);
         match failed {
             Some(reason) => {
                 let entry = self
@@ -340,25 +390,111 @@ impl Actor {
         }
     }
 
-    /// Offers items held by fewer volunteers than wanted to more.
+    /// Follows up deposits, a batch per round (a cursor walks the tree):
+    /// records whose messages were all delivered go; an item that expired
+    /// before its friend fetched it fails its undelivered messages; items
+    /// held by fewer volunteers than wanted are offered to more.
     pub(super) fn start_top_up(&mut self) {
         if self.topping_up || self.connected.is_empty() {
             return;
         }
-        let records = match records::all::<DepositRecord>(&self.store, DEPOSITS, TOP_UP_BATCH) {
-            Ok(records) if !records.is_empty() => records,
-            _ => return,
+        let lower = match &self.top_up_cursor {
+            Some(after) => std::ops::Bound::Excluded(after.as_slice()),
+            None => std::ops::Bound::Unbounded,
         };
-        self.topping_up = true;
+        let rows = match self.store.range(
+            DEPOSITS,
+            lower,
+            std::ops::Bound::Unbounded,
+            kith_store::Direction::Forward,
+            TOP_UP_BATCH,
+        ) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.emit(Event::Problem(format!("deposits unreadable: {e}")));
+                return;
+            }
+        };
+        self.top_up_cursor = if rows.len() < TOP_UP_BATCH {
+            None
+        } else {
+            rows.last().map(|(key, _)| key.clone())
+        };
+        let now = now_secs();
         let replicas = self.mailbox.replicas;
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut wanted = Vec::new();
+        for (key, bytes) in rows {
+            let Ok(record) = records::decode::<DepositRecord>(DEPOSITS, &bytes) else {
+                ops.push(records::delete(DEPOSITS, key));
+                continue;
+            };
+            let friend = self
+                .friends
+                .get(&record.friend)
+                .map(|f| (f.account, f.conversation));
+            let undelivered: Vec<MessageId> = match friend {
+                Some((_, conversation)) => record
+                    .messages
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        let key = records::message_key(&conversation, id);
+                        records::get::<MessageState>(&self.store, STATES, &key)
+                            .ok()
+                            .flatten()
+                            .is_none_or(|s| {
+                                s.rank() < MessageState::Delivered { at: Timestamp(0) }.rank()
+                            })
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let settled = if record.messages.is_empty() {
+                record.holders.len() >= replicas
+            } else {
+                undelivered.is_empty()
+            };
+            if settled || friend.is_none() {
+                ops.push(records::delete(DEPOSITS, key));
+            } else if record.expires <= now {
+                if let Some((account, conversation)) = friend {
+                    let state = MessageState::Failed {
+                        reason: "left with mailbox volunteers, but not fetched before it expired"
+                            .into(),
+                    };
+                    for id in undelivered {
+                        ops.push(records::put(
+                            STATES,
+                            records::message_key(&conversation, &id),
+                            &state,
+                        ));
+                        events.push(Event::State {
+                            friend: account,
+                            id,
+                            state: state.clone(),
+                        });
+                    }
+                }
+                ops.push(records::delete(DEPOSITS, key));
+            } else if record.holders.len() < replicas && !record.item.is_empty() {
+                wanted.push((key, record));
+            }
+        }
+        self.stage(ops);
+        self.emit_after_commit(events);
+        if wanted.is_empty() {
+            return;
+        }
+        self.topping_up = true;
         let net = self.net.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let mut results = Vec::with_capacity(records.len());
-            let now = now_secs();
-            for (key, record) in records {
+            let mut results = Vec::with_capacity(wanted.len());
+            for (key, record) in wanted {
                 let outcome = match MailboxItem::decode(&record.item) {
-                    Ok(item) if item.expires > now => {
+                    Ok(item) => {
                         let exclude: Vec<PeerId> = record
                             .holders
                             .iter()
@@ -367,7 +503,7 @@ impl Actor {
                         let want = replicas.saturating_sub(exclude.len());
                         user::deposit(&net, &item, want, &exclude).await.ok()
                     }
-                    _ => None,
+                    Err(_) => None,
                 };
                 results.push(TopUp {
                     key,
@@ -385,7 +521,6 @@ impl Actor {
             self.emit(Event::Problem(e.to_string()));
         }
         let replicas = self.mailbox.replicas;
-        let now = now_secs();
         let mut ops = Vec::new();
         let mut events = Vec::new();
         for TopUp {
@@ -394,10 +529,6 @@ impl Actor {
             outcome,
         } in results
         {
-            if record.expires <= now {
-                ops.push(records::delete(DEPOSITS, key));
-                continue;
-            }
             let Some(outcome) = outcome else { continue };
             if outcome.accepted.is_empty() {
                 continue;
@@ -419,15 +550,13 @@ impl Actor {
                 }
             }
             if record.holders.len() >= replicas {
-                ops.push(records::delete(DEPOSITS, key));
-            } else {
-                ops.push(records::put(DEPOSITS, key, &record));
+                // Enough hold it: only its messages are still followed.
+                record.item.clear();
             }
+            ops.push(records::put(DEPOSITS, key, &record));
         }
         self.stage(ops);
-        for event in events {
-            self.emit(event);
-        }
+        self.emit_after_commit(events);
     }
 
     /// Leaves a sealed friend request as mail for `to` too, once per
@@ -537,47 +666,80 @@ impl Actor {
         let mut events = Vec::new();
         let mut handled: Vec<ItemId> = Vec::with_capacity(outcome.items.len());
         let mut requests = Vec::new();
-        let mut delivered: HashMap<[u8; 32], Vec<MessageId>> = HashMap::new();
-        let mut seen = std::mem::take(&mut self.turn_seen);
+        let mut accepts = Vec::new();
+        let mut bundles = Vec::new();
         for fetched in outcome.items {
-            handled.push(fetched.item.item_id);
             // An item that does not open is not for us or is damaged:
             // acknowledged all the same, so volunteers do not keep it.
             let Ok(opened) = fetched.item.open(&self.identity.account) else {
+                handled.push(fetched.item.item_id);
                 continue;
             };
-            let Ok(mail) = frame::decode_mail(&opened.content) else {
+            match frame::decode_mail(&opened.content) {
+                Ok(Mail::Request(sealed)) => {
+                    handled.push(fetched.item.item_id);
+                    requests.push(DropEntry {
+                        expires: opened.expires,
+                        sealed,
+                    });
+                }
+                Ok(Mail::Accept(sealed)) => {
+                    handled.push(fetched.item.item_id);
+                    accepts.push((opened.sender, sealed));
+                }
+                Ok(Mail::Bundle(payloads)) => bundles.push((opened.sender, payloads, fetched)),
+                Err(_) => handled.push(fetched.item.item_id),
+            }
+        }
+        // Item IDs are random, so a fetch returns items in no particular
+        // order: acceptances first (a friend's messages need the
+        // friendship), then every chat message, then what refers to
+        // messages (edits, deletions, receipts), which is order-free among
+        // itself (latest edit wins, states only rise).
+        for (sender, sealed) in accepts {
+            if let Ok(inner) = envelope::open(&self.identity.account, &sealed)
+                && inner.sender == sender
+                && let Ok(Payload::FriendAccept(accept)) = Payload::decode(&inner.payload)
+            {
+                self.take_accept(&sender, &accept, None, &mut ops, &mut events);
+            }
+        }
+        let mut delivered: HashMap<[u8; 32], Vec<MessageId>> = HashMap::new();
+        let mut seen = std::mem::take(&mut self.turn_seen);
+        let mut later = Vec::new();
+        for (sender, payloads, fetched) in bundles {
+            if !self.friends.contains_key(&sender.to_bytes()) {
+                // Not a friend (yet): while our request to them is open,
+                // their acceptance may still be on its way; keep the item
+                // with the volunteers until then. Otherwise it is dropped.
+                let key = records::friend_key(&self.store, &sender);
+                if !matches!(self.store.get(REQUESTS_OUT, &key), Ok(Some(_))) {
+                    handled.push(fetched.item.item_id);
+                }
                 continue;
-            };
-            match mail {
-                Mail::Request(sealed) => requests.push(DropEntry {
-                    expires: opened.expires,
-                    sealed,
-                }),
-                Mail::Accept(sealed) => {
-                    if let Ok(inner) = envelope::open(&self.identity.account, &sealed)
-                        && inner.sender == opened.sender
-                        && let Ok(Payload::FriendAccept(accept)) = Payload::decode(&inner.payload)
-                    {
-                        self.take_accept(&opened.sender, &accept, None, &mut ops, &mut events);
-                    }
+            }
+            // When the store fails the item is not acknowledged: it comes
+            // again with a later fetch.
+            if let Ok(ids) = self.receive_mail_chats(
+                &sender,
+                &payloads,
+                &fetched,
+                &mut seen,
+                &mut ops,
+                &mut events,
+            ) {
+                if !ids.is_empty() {
+                    delivered.entry(sender.to_bytes()).or_default().extend(ids);
                 }
-                Mail::Bundle(payloads) => {
-                    let ids = self.receive_mail_bundle(
-                        &opened.sender,
-                        payloads,
-                        &fetched,
-                        &mut seen,
-                        &mut ops,
-                        &mut events,
-                    );
-                    if !ids.is_empty() {
-                        delivered
-                            .entry(opened.sender.to_bytes())
-                            .or_default()
-                            .extend(ids);
-                    }
-                }
+                later.push((sender, payloads, fetched.item.item_id));
+            }
+        }
+        for (sender, payloads, id) in later {
+            if self
+                .receive_mail_changes(&sender, payloads, &mut seen, &mut ops, &mut events)
+                .is_ok()
+            {
+                handled.push(id);
             }
         }
         self.turn_seen = seen;
@@ -619,58 +781,54 @@ impl Actor {
         });
     }
 
-    /// Takes in a friend's payloads that came as mail; returns the IDs of
-    /// the chat messages that were new.
-    fn receive_mail_bundle(
+    /// Takes in the chat messages of a friend's mail bundle; returns the
+    /// IDs of those that were new, or `Err` when the store failed.
+    fn receive_mail_chats(
         &mut self,
         sender: &AccountPublicKey,
-        payloads: Vec<Vec<u8>>,
+        payloads: &[Vec<u8>],
         fetched: &FetchedItem,
         seen: &mut std::collections::HashSet<MessageId>,
         ops: &mut Vec<Op>,
         events: &mut Vec<Event>,
-    ) -> Vec<MessageId> {
+    ) -> Result<Vec<MessageId>, ()> {
         let Some((account, conversation)) = self
             .friends
             .get(&sender.to_bytes())
             .map(|f| (f.account, f.conversation))
         else {
-            // Not (or no longer) a friend: dropped.
-            return Vec::new();
+            return Ok(Vec::new());
         };
+        // Only receipts of volunteers we fetched this copy from count:
+        // anyone can mint a valid receipt with a key of their own and
+        // hand it to a volunteer along with the item.
+        let receipts: Vec<_> = fetched
+            .receipts
+            .iter()
+            .filter(|r| {
+                r.volunteer_peer_id()
+                    .is_ok_and(|peer| fetched.from.contains(&peer))
+            })
+            .cloned()
+            .collect();
         let mut new = Vec::new();
         for bytes in payloads {
-            let Ok(payload) = Payload::decode(&bytes) else {
+            let Ok(payload @ Payload::Chat(_)) = Payload::decode(bytes) else {
                 continue;
             };
-            let chat = match &payload {
-                // Stale by the time it is fetched.
-                Payload::Typing(_) => continue,
-                Payload::Chat(chat) => Some((chat.id, chat.sent_at)),
-                _ => None,
+            let Payload::Chat(chat) = &payload else {
+                continue;
             };
-            // As with direct bundles: an edit, deletion or receipt sees
-            // the writes before it.
-            if chat.is_none() && !ops.is_empty() {
-                self.staged.append(ops);
-                if self.apply_staged().is_err() {
-                    return new;
-                }
-            }
+            let (id, sent_at) = (chat.id, chat.sent_at);
             let before = events.len();
-            if self
-                .receive_payload(&account, &conversation, payload, seen, ops, events)
-                .is_err()
-            {
-                continue;
-            }
-            let Some((id, sent_at)) = chat else { continue };
-            let witness = to_witness(witnessed_time(
-                sent_at.0,
-                &fetched.receipts,
-                DEFAULT_WITNESS_TOLERANCE_MS,
-            ));
+            self.receive_payload(&account, &conversation, payload, seen, ops, events)
+                .map_err(|_| ())?;
             if events.len() > before {
+                let witness = to_witness(witnessed_time(
+                    sent_at.0,
+                    &receipts,
+                    DEFAULT_WITNESS_TOLERANCE_MS,
+                ));
                 ops.push(records::put(
                     WITNESS,
                     records::message_key(&conversation, &id),
@@ -684,7 +842,43 @@ impl Actor {
                 new.push(id);
             }
         }
-        new
+        Ok(new)
+    }
+
+    /// Takes in the edits, deletions and receipts of a friend's mail
+    /// bundle (after every chat message of the fetch); typing indicators
+    /// are stale by now and skipped. `Err` when the store failed.
+    fn receive_mail_changes(
+        &mut self,
+        sender: &AccountPublicKey,
+        payloads: Vec<Vec<u8>>,
+        seen: &mut std::collections::HashSet<MessageId>,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ()> {
+        let Some((account, conversation)) = self
+            .friends
+            .get(&sender.to_bytes())
+            .map(|f| (f.account, f.conversation))
+        else {
+            return Ok(());
+        };
+        for bytes in payloads {
+            let Ok(payload) = Payload::decode(&bytes) else {
+                continue;
+            };
+            if matches!(payload, Payload::Chat(_) | Payload::Typing(_)) {
+                continue;
+            }
+            // An edit, deletion or receipt sees the writes before it.
+            if !ops.is_empty() {
+                self.staged.append(ops);
+                self.apply_staged().map_err(|_| ())?;
+            }
+            self.receive_payload(&account, &conversation, payload, seen, ops, events)
+                .map_err(|_| ())?;
+        }
+        Ok(())
     }
 }
 
