@@ -205,6 +205,7 @@ pub fn start_engine(
     )
     .map_err(|e| ControlError::Start(e.to_string()))?;
     let device = identity.device.clone();
+    let account = identity.account.public();
     let mut net = kith_net::Config::new(identity.device.clone(), kith_net::Role::Client);
     net.bootstrap = options.bootstrap.clone();
     net.listen = if options.listen.is_empty() {
@@ -227,7 +228,7 @@ pub fn start_engine(
         config.request_poll = poll;
     }
     if let Some(mb) = options.volunteer_mb {
-        config.volunteer = Some(open_volunteer(profile, &device, mb)?);
+        config.volunteer = Some(open_volunteer(profile, &device, &account, mb)?);
     }
     engine::start(config).map_err(|e| ControlError::Start(e.to_string()))
 }
@@ -237,6 +238,7 @@ pub fn start_engine(
 fn open_volunteer(
     profile: &Profile,
     device: &kith_proto::DeviceKeypair,
+    account: &kith_proto::AccountPublicKey,
     mb: u64,
 ) -> Result<(Volunteer, ServiceSettings), ControlError> {
     if mb == 0 {
@@ -252,6 +254,7 @@ fn open_volunteer(
             total_quota_bytes: mb.saturating_mul(1024 * 1024),
             ..Limits::default()
         },
+        own_address: Some(kith_proto::mailbox::mailbox_address(account)),
         ..VolunteerConfig::default()
     };
     let volunteer = Volunteer::open(std::sync::Arc::new(backend), device.clone(), config)

@@ -98,6 +98,11 @@ pub struct VolunteerConfig {
     /// Peers whose rate is tracked at once (default 4096); the least
     /// recently seen is forgotten first.
     pub max_rate_peers: usize,
+    /// The mailbox of the account this volunteer's device belongs to, if
+    /// any: mail for it is refused (as [`DepositRefusal::VolunteerFull`]),
+    /// since the owner fetches from the other volunteers and never from
+    /// itself. Senders and hand-offs then go to the next closest peer.
+    pub own_address: Option<MailboxAddress>,
 }
 
 impl Default for VolunteerConfig {
@@ -107,6 +112,7 @@ impl Default for VolunteerConfig {
             page_bytes: 1024 * 1024,
             max_challenges: 1024,
             max_rate_peers: 4096,
+            own_address: None,
         }
     }
 }
@@ -567,6 +573,9 @@ impl Volunteer {
             Ok(item) => item,
             Err(e) => return Ok(Response::refused(DepositRefusal::from(&e))),
         };
+        if self.config.own_address == Some(item.address) {
+            return Ok(Response::refused(DepositRefusal::VolunteerFull));
+        }
         let key = item_key(&item.address, &item.item_id);
         if let Some(value) = self.store.get(ITEMS, &key)? {
             match Record::decode(&value) {

@@ -285,6 +285,33 @@ fn a_deposit_is_fetched_with_its_receipt_and_an_ack_deletes_it() {
 // ---- refusals ----
 
 #[test]
+fn a_device_does_not_keep_mail_for_its_own_account() {
+    let now = now();
+    let mut n = node(VolunteerConfig {
+        own_address: Some(mailbox_address(&bob().public())),
+        ..config(limits())
+    });
+    assert_eq!(
+        refused(deposit(
+            &mut n.volunteer,
+            peer(),
+            &item_to(&bob(), 100, now + DAY),
+            ms(now)
+        )),
+        DepositRefusal::VolunteerFull
+    );
+    assert_eq!(n.volunteer.usage(), Usage::default());
+    // Mail for anyone else is kept as usual.
+    accepted(deposit(
+        &mut n.volunteer,
+        peer(),
+        &item_to(&carol(), 100, now + DAY),
+        ms(now),
+    ));
+    assert_eq!(n.volunteer.usage().items, 1);
+}
+
+#[test]
 fn a_changed_expiry_is_a_bad_signature() {
     let now = now();
     let mut n = node(config(limits()));
