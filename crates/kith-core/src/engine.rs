@@ -225,6 +225,8 @@ pub struct Status {
     pub connected: usize,
     /// Items in the outbox.
     pub outbox: usize,
+    /// Mail this device keeps for others, when it volunteers.
+    pub volunteering: Option<kith_mailbox::Usage>,
 }
 
 /// What the engine reports as it runs.

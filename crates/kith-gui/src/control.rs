@@ -364,6 +364,9 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
                 "listen": status.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "connected": status.connected,
                 "outbox": status.outbox,
+                "volunteering": status.volunteering.map(|u| json!({
+                    "items": u.items, "bytes": u.bytes, "mailboxes": u.mailboxes,
+                })),
             })
         }
         Request::Add { id, message } => {

@@ -345,6 +345,16 @@ fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result
                 "Connected peers: {}, outbox: {}",
                 answer["connected"], answer["outbox"]
             )?;
+            let mail = &answer["volunteering"];
+            if !mail.is_null() {
+                writeln!(
+                    out,
+                    "Keeping mail for others: {} items, {} KiB, for {} accounts",
+                    mail["items"],
+                    mail["bytes"].as_u64().unwrap_or(0) / 1024,
+                    mail["mailboxes"]
+                )?;
+            }
         }
         Command::Name { .. } => writeln!(
             out,

@@ -574,6 +574,10 @@ impl Actor {
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Status(reply) => {
+                let volunteering = match &self.volunteer {
+                    Some(volunteer) => volunteer.usage().await,
+                    None => None,
+                };
                 let listen = self.net.listen_addrs().await.unwrap_or_default();
                 let connected = self
                     .net
@@ -587,6 +591,7 @@ impl Actor {
                     listen,
                     connected,
                     outbox: self.outbox_len,
+                    volunteering,
                 }));
             }
             Command::Add { id, message, reply } => match self.add(id, message) {
