@@ -39,8 +39,8 @@ use crate::history::{Author, History, Inserted, StoredMessage};
 use crate::records::{
     self, DEVICE, DISPLAY_NAME, EDITS, EditRecord, FRIENDS, FriendRecord, IncomingRecord,
     MessageState, OLM_ACCOUNT, OUTBOX, OutboxBody, OutboxItem, OutgoingRecord, REFUSED,
-    REQUESTS_IN, REQUESTS_OUT, RefusalKind, RefusedRecord, SEEN_DROPS, SESSIONS, SETTINGS, STATES,
-    SessionsRecord, UNREAD, WITNESS, Witness,
+    REQUEST_ITEMS, REQUESTS_IN, REQUESTS_OUT, RefusalKind, RefusedRecord, SEEN_DROPS, SESSIONS,
+    SETTINGS, STATES, SessionsRecord, UNREAD, WITNESS, Witness,
 };
 use crate::session::{DeviceSecrets, PairSession, Prekeys};
 
@@ -823,6 +823,7 @@ impl Actor {
             records::put(FRIENDS, key.clone(), &record),
             records::delete(REQUESTS_IN, key.clone()),
             records::delete(REQUESTS_OUT, key.clone()),
+            records::delete(REQUEST_ITEMS, key.clone()),
             records::delete(REFUSED, key.clone()),
         ];
         self.register_friend(record);
@@ -859,6 +860,7 @@ impl Actor {
         if kind == RefusalKind::Blocked {
             ops.push(records::delete(FRIENDS, key.clone()));
             ops.push(records::delete(REQUESTS_OUT, key.clone()));
+            ops.push(records::delete(REQUEST_ITEMS, key.clone()));
             for (item_key, _) in
                 records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, MAX_OUTBOX)
                     .map_err(store_error)?
@@ -1516,6 +1518,7 @@ impl Actor {
             added_at: Timestamp::now(),
         };
         ops.push(records::put(FRIENDS, key.clone(), &record));
+        ops.push(records::delete(REQUEST_ITEMS, key.clone()));
         ops.push(records::delete(REQUESTS_OUT, key));
         self.register_friend(record);
         self.drop_due.remove(&sender.to_bytes());
@@ -2351,6 +2354,9 @@ impl Actor {
         };
         let mut ops = Vec::new();
         for (key, mut out) in outgoing {
+            // A request whose mail found no volunteer last time is left
+            // again (a no-op when it already was).
+            self.deposit_request(*out.to.account(), out.sealed.clone());
             let first_sent = out.sent_at.0 / 1000;
             if out.expires > now + DROP_RENEW_SECS || now > first_sent + REQUEST_LIFETIME_SECS {
                 continue;
