@@ -470,14 +470,9 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
     })
 }
 
-/// Serves the control socket until `shutdown` resolves.
-pub async fn serve(
-    engine: Engine,
-    mut events: impl futures::Stream<Item = Event> + Unpin,
-    socket: &Path,
-    mut out: impl FnMut(&Event),
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ControlError> {
+/// Binds the control socket (replacing one left by a daemon that died),
+/// so that it exists before the daemon says it is running.
+pub async fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
     // A socket left by a daemon that died: nobody answers on it.
     if socket.exists() {
         if UnixStream::connect(socket).await.is_ok() {
@@ -487,8 +482,19 @@ pub async fn serve(
         }
         let _ = std::fs::remove_file(socket);
     }
-    let listener = UnixListener::bind(socket)
-        .map_err(|e| ControlError::Start(format!("{}: {e}", socket.display())))?;
+    UnixListener::bind(socket)
+        .map_err(|e| ControlError::Start(format!("{}: {e}", socket.display())))
+}
+
+/// Serves the control socket bound by [`bind`] until `shutdown` resolves.
+pub async fn serve(
+    engine: Engine,
+    mut events: impl futures::Stream<Item = Event> + Unpin,
+    listener: UnixListener,
+    socket: &Path,
+    mut out: impl FnMut(&Event),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
     let (event_tx, _) = broadcast::channel(EVENT_BACKLOG);
     let clients = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     tokio::pin!(shutdown);

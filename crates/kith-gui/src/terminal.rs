@@ -406,6 +406,8 @@ async fn daemon(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     let passphrase = passphrase_for(&profile)?;
     let (engine, events) = control::start_engine(&profile, passphrase, &options)?;
     let status = engine.status().await.map_err(control::ControlError::from)?;
+    let socket = control::socket_path(&profile);
+    let listener = control::bind(&socket).await?;
     if cli.json {
         print_json(
             out,
@@ -447,7 +449,8 @@ async fn daemon(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     control::serve(
         engine,
         events,
-        &control::socket_path(&profile),
+        listener,
+        &socket,
         move |event| {
             let value = control::event_json(event);
             let line = if json {
