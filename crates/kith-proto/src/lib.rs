@@ -21,15 +21,22 @@
 //!   keys with a proof of work, sender stamps, witness receipts, fetch
 //!   challenges, acknowledgements and typed deposit refusals (layouts in
 //!   `docs/mailbox.md`).
+//! - [`devices`]: the account's signed device list, newest sequence wins
+//!   (`docs/devices.md`).
+//! - [`link`]: linking a new computer: the link code it shows (text and
+//!   QR, expiring), the mutual proof of the code's secret, and the sealed
+//!   bundle an existing device hands over (`docs/devices.md`).
 //!
 //! Byte layouts are specified in `docs/protocol.md`; golden fixtures under
 //! `tests/fixtures/` keep them from changing by accident.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod devices;
 pub mod envelope;
 pub mod id;
 pub mod identity;
+pub mod link;
 pub mod mailbox;
 pub mod presence;
 pub mod qr;
@@ -40,6 +47,8 @@ pub mod wire;
 mod base32;
 mod random;
 
+pub use devices::{DeviceList, ListedDevice, SignedDeviceList};
 pub use id::{KithId, KithIdError, Nospam};
 pub use identity::{AccountKeypair, AccountPublicKey, DeviceKeypair, Signature};
+pub use link::{LinkBundle, LinkCode, LinkSecret};
 pub use random::random_bytes;
