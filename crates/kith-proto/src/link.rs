@@ -32,15 +32,13 @@
 //! print and are zeroized when dropped.
 
 use std::fmt;
-use std::io::Cursor;
 
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use image::{GrayImage, ImageFormat, Luma};
+use image::GrayImage;
 use libp2p_identity::PeerId;
-use qrcode::render::{svg, unicode};
 use qrcode::{EcLevel, QrCode};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -49,7 +47,7 @@ use crate::base32;
 use crate::devices::{self, MAX_LIST_BYTES, Reader, SignedDeviceList, VerifyError};
 use crate::id::{KITH_ID_TEXT_LEN, KithId, Nospam};
 use crate::identity::{ACCOUNT_SECRET_LEN, AccountKeypair, DeviceKeypair};
-use crate::qr::{MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, RenderError};
+use crate::qr::{self, MAX_IMAGE_SIDE, RenderError};
 use crate::random::random_bytes;
 use crate::wire::{FieldError, MAX_DISPLAY_NAME_BYTES};
 
@@ -104,8 +102,6 @@ const CHECKSUM_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const SEALED_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
-/// Most memory the image decoder may allocate (as in [`crate::qr`]).
-const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
 
 const PROOF_DOMAIN: &[u8] = b"kith/link/v1/proof";
 const BUNDLE_DOMAIN: &[u8] = b"kith/link/v1/bundle";
@@ -315,11 +311,23 @@ pub enum BundleError {
     NewDeviceNotListed,
 }
 
+impl From<qr::ScanFault> for QrReadError {
+    fn from(fault: qr::ScanFault) -> Self {
+        match fault {
+            qr::ScanFault::FileTooLarge { found, max } => Self::FileTooLarge { found, max },
+            qr::ScanFault::NotAnImage(why) => Self::NotAnImage(why),
+            qr::ScanFault::ImageTooLarge { width, height } => Self::ImageTooLarge { width, height },
+            qr::ScanFault::NoQrCode => Self::NoQrCode,
+            qr::ScanFault::Unreadable => Self::Unreadable,
+        }
+    }
+}
+
 /// Why no link code could be read from an image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum QrReadError {
-    /// The file is larger than [`MAX_IMAGE_BYTES`].
+    /// The file is larger than [`crate::qr::MAX_IMAGE_BYTES`].
     #[error("the image file is too large ({found} bytes; at most {max} are read)")]
     FileTooLarge {
         /// Bytes given.
@@ -646,69 +654,33 @@ impl LinkCode {
     /// Renders the code as a QR code in a PNG, at least `min_side` pixels
     /// wide, black on white with the standard quiet zone.
     pub fn to_qr_png(&self, min_side: u32) -> Result<Vec<u8>, RenderError> {
-        let image: GrayImage = self
-            .qr()?
-            .render::<Luma<u8>>()
-            .min_dimensions(min_side, min_side)
-            .build();
-        let mut out = Cursor::new(Vec::new());
-        image
-            .write_to(&mut out, ImageFormat::Png)
-            .map_err(|e| RenderError::Png(e.to_string()))?;
-        Ok(out.into_inner())
+        qr::png_of(&self.qr()?, min_side)
     }
 
     /// Renders the code as a QR code in an SVG document, at least
     /// `min_side` units wide.
     pub fn to_qr_svg(&self, min_side: u32) -> Result<String, RenderError> {
-        Ok(self
-            .qr()?
-            .render::<svg::Color<'_>>()
-            .min_dimensions(min_side, min_side)
-            .dark_color(svg::Color("#000000"))
-            .light_color(svg::Color("#ffffff"))
-            .build())
+        Ok(qr::svg_of(&self.qr()?, min_side))
     }
 
     /// Renders the code as a QR code in lines of Unicode half blocks for a
     /// terminal (light modules drawn, quiet zone included), as
     /// [`crate::qr::to_terminal`] does for Kith IDs.
     pub fn to_qr_terminal(&self) -> Result<String, RenderError> {
-        Ok(self
-            .qr()?
-            .render::<unicode::Dense1x2>()
-            .dark_color(unicode::Dense1x2::Light)
-            .light_color(unicode::Dense1x2::Dark)
-            .quiet_zone(true)
-            .build())
+        Ok(qr::terminal_of(&self.qr()?))
     }
 
     /// Finds the first QR code in a PNG or JPEG image that holds a link
     /// code, with the same limits on file size and dimensions as
     /// [`crate::qr::read_image`].
     pub fn read_qr_image(bytes: &[u8]) -> Result<Self, QrReadError> {
-        Self::read_qr_gray(load_gray(bytes)?)
+        Self::read_qr_gray(qr::load_gray(bytes)?)
     }
 
     /// Finds the first QR code in a greyscale picture that holds a link
     /// code.
     pub fn read_qr_gray(gray: GrayImage) -> Result<Self, QrReadError> {
-        // rqrr works on arbitrary pictures from outside; a panic inside it
-        // is contained and reported as an unreadable code.
-        let texts = std::panic::catch_unwind(move || {
-            let mut prepared = rqrr::PreparedImage::prepare(gray);
-            let grids = prepared.detect_grids();
-            let found = !grids.is_empty();
-            let texts: Vec<Zeroizing<String>> = grids
-                .iter()
-                .filter_map(|grid| grid.decode().ok().map(|(_, text)| Zeroizing::new(text)))
-                .collect();
-            (found, texts)
-        });
-        let (found, texts) = texts.map_err(|_| QrReadError::Unreadable)?;
-        if !found {
-            return Err(QrReadError::NoQrCode);
-        }
+        let texts = qr::scan_texts(gray)?;
         let mut first_error = None;
         for text in &texts {
             match Self::parse(text) {
@@ -770,41 +742,6 @@ fn decode_base32(values: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         buffer &= (1 << bits) - 1;
     }
     (buffer == 0 && out.len() == len && base32::encoded_len(len) == values.len()).then_some(out)
-}
-
-fn load_gray(bytes: &[u8]) -> Result<GrayImage, QrReadError> {
-    if bytes.len() > MAX_IMAGE_BYTES {
-        return Err(QrReadError::FileTooLarge {
-            found: bytes.len(),
-            max: MAX_IMAGE_BYTES,
-        });
-    }
-    let reader = |bytes| {
-        image::ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| QrReadError::NotAnImage(e.to_string()))
-    };
-    let probe = reader(bytes)?;
-    match probe.format() {
-        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
-        _ => return Err(QrReadError::NotAnImage("unrecognised format".into())),
-    }
-    let (width, height) = probe
-        .into_dimensions()
-        .map_err(|e| QrReadError::NotAnImage(e.to_string()))?;
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return Err(QrReadError::ImageTooLarge { width, height });
-    }
-    let mut decoder = reader(bytes)?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    decoder.limits(limits);
-    Ok(decoder
-        .decode()
-        .map_err(|e| QrReadError::NotAnImage(e.to_string()))?
-        .into_luma8())
 }
 
 // ----------------------------------------------------------------- proofs

@@ -16,6 +16,8 @@ use image::{GrayImage, ImageFormat, Luma};
 use qrcode::render::{svg, unicode};
 use qrcode::{EcLevel, QrCode};
 
+use zeroize::Zeroizing;
+
 use crate::id::{KithId, KithIdError};
 
 /// Largest image file [`read_image`] accepts, in bytes.
@@ -71,15 +73,34 @@ pub enum ReadError {
     NotKithId(KithIdError),
 }
 
-fn code_for(id: &KithId) -> Result<QrCode, RenderError> {
-    QrCode::with_error_correction_level(id.to_uri().to_ascii_uppercase(), EcLevel::M)
-        .map_err(|e| RenderError::Encode(e.to_string()))
+/// How reading a picture failed before any text in it was interpreted;
+/// shared by every kind of code Kith reads from images (Kith IDs here,
+/// link codes in [`crate::link`]), each mapping it into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanFault {
+    FileTooLarge { found: usize, max: usize },
+    NotAnImage(String),
+    ImageTooLarge { width: u32, height: u32 },
+    NoQrCode,
+    Unreadable,
 }
 
-/// Renders the ID's QR code as a PNG, at least `min_side` pixels wide, black
-/// on white with the standard quiet zone.
-pub fn to_png(id: &KithId, min_side: u32) -> Result<Vec<u8>, RenderError> {
-    let image: GrayImage = code_for(id)?
+impl From<ScanFault> for ReadError {
+    fn from(fault: ScanFault) -> Self {
+        match fault {
+            ScanFault::FileTooLarge { found, max } => Self::FileTooLarge { found, max },
+            ScanFault::NotAnImage(why) => Self::NotAnImage(why),
+            ScanFault::ImageTooLarge { width, height } => Self::ImageTooLarge { width, height },
+            ScanFault::NoQrCode => Self::NoQrCode,
+            ScanFault::Unreadable => Self::Unreadable,
+        }
+    }
+}
+
+/// `code` as a PNG, at least `min_side` pixels wide, black on white with
+/// the standard quiet zone.
+pub(crate) fn png_of(code: &QrCode, min_side: u32) -> Result<Vec<u8>, RenderError> {
+    let image: GrayImage = code
         .render::<Luma<u8>>()
         .min_dimensions(min_side, min_side)
         .build();
@@ -90,67 +111,66 @@ pub fn to_png(id: &KithId, min_side: u32) -> Result<Vec<u8>, RenderError> {
     Ok(out.into_inner())
 }
 
-/// Renders the ID's QR code as an SVG document, at least `min_side` units
-/// wide.
-pub fn to_svg(id: &KithId, min_side: u32) -> Result<String, RenderError> {
-    Ok(code_for(id)?
-        .render::<svg::Color<'_>>()
+/// `code` as an SVG document, at least `min_side` units wide.
+pub(crate) fn svg_of(code: &QrCode, min_side: u32) -> String {
+    code.render::<svg::Color<'_>>()
         .min_dimensions(min_side, min_side)
         .dark_color(svg::Color("#000000"))
         .light_color(svg::Color("#ffffff"))
-        .build())
+        .build()
 }
 
-/// Renders the ID's QR code as lines of Unicode half blocks for a terminal.
-/// Light modules are drawn, so the code reads correctly on the usual dark
-/// terminal background; the quiet zone is included.
-pub fn to_terminal(id: &KithId) -> Result<String, RenderError> {
-    Ok(code_for(id)?
-        .render::<unicode::Dense1x2>()
+/// `code` as lines of Unicode half blocks for a terminal: light modules
+/// are drawn, so it reads correctly on the usual dark background; the
+/// quiet zone is included.
+pub(crate) fn terminal_of(code: &QrCode) -> String {
+    code.render::<unicode::Dense1x2>()
         .dark_color(unicode::Dense1x2::Light)
         .light_color(unicode::Dense1x2::Dark)
         .quiet_zone(true)
-        .build())
+        .build()
 }
 
-/// Finds the first QR code in a PNG or JPEG image that holds a Kith ID.
-pub fn read_image(bytes: &[u8]) -> Result<KithId, ReadError> {
+/// Decodes a PNG or JPEG within the size, dimension and allocation
+/// limits, into greyscale.
+pub(crate) fn load_gray(bytes: &[u8]) -> Result<GrayImage, ScanFault> {
     if bytes.len() > MAX_IMAGE_BYTES {
-        return Err(ReadError::FileTooLarge {
+        return Err(ScanFault::FileTooLarge {
             found: bytes.len(),
             max: MAX_IMAGE_BYTES,
         });
     }
-    let mut reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ReadError::NotAnImage(e.to_string()))?;
-    match reader.format() {
+    let reader = |bytes| {
+        image::ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ScanFault::NotAnImage(e.to_string()))
+    };
+    let probe = reader(bytes)?;
+    match probe.format() {
         Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
-        _ => return Err(ReadError::NotAnImage("unrecognised format".into())),
+        _ => return Err(ScanFault::NotAnImage("unrecognised format".into())),
     }
-    let (width, height) = reader
+    let (width, height) = probe
         .into_dimensions()
-        .map_err(|e| ReadError::NotAnImage(e.to_string()))?;
+        .map_err(|e| ScanFault::NotAnImage(e.to_string()))?;
     if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-        return Err(ReadError::ImageTooLarge { width, height });
+        return Err(ScanFault::ImageTooLarge { width, height });
     }
-    reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ReadError::NotAnImage(e.to_string()))?;
+    let mut decoder = reader(bytes)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    reader.limits(limits);
-    let gray = reader
+    decoder.limits(limits);
+    Ok(decoder
         .decode()
-        .map_err(|e| ReadError::NotAnImage(e.to_string()))?
-        .into_luma8();
-    read_gray(gray)
+        .map_err(|e| ScanFault::NotAnImage(e.to_string()))?
+        .into_luma8())
 }
 
-/// Finds the first QR code in a greyscale picture that holds a Kith ID.
-pub fn read_gray(gray: GrayImage) -> Result<KithId, ReadError> {
+/// The texts of every QR code found in `gray` that decodes (wiped when
+/// dropped: a link code's text holds its secret).
+pub(crate) fn scan_texts(gray: GrayImage) -> Result<Vec<Zeroizing<String>>, ScanFault> {
     // rqrr works on arbitrary pictures from outside; a panic inside it must
     // not take the application down, so it is contained and reported as an
     // unreadable code.
@@ -158,16 +178,51 @@ pub fn read_gray(gray: GrayImage) -> Result<KithId, ReadError> {
         let mut prepared = rqrr::PreparedImage::prepare(gray);
         let grids = prepared.detect_grids();
         let found = !grids.is_empty();
-        let texts: Vec<String> = grids
+        let texts: Vec<Zeroizing<String>> = grids
             .iter()
-            .filter_map(|grid| grid.decode().ok().map(|(_, text)| text))
+            .filter_map(|grid| grid.decode().ok().map(|(_, text)| Zeroizing::new(text)))
             .collect();
         (found, texts)
     });
-    let (found, texts) = texts.map_err(|_| ReadError::Unreadable)?;
+    let (found, texts) = texts.map_err(|_| ScanFault::Unreadable)?;
     if !found {
-        return Err(ReadError::NoQrCode);
+        return Err(ScanFault::NoQrCode);
     }
+    Ok(texts)
+}
+
+fn code_for(id: &KithId) -> Result<QrCode, RenderError> {
+    QrCode::with_error_correction_level(id.to_uri().to_ascii_uppercase(), EcLevel::M)
+        .map_err(|e| RenderError::Encode(e.to_string()))
+}
+
+/// Renders the ID's QR code as a PNG, at least `min_side` pixels wide, black
+/// on white with the standard quiet zone.
+pub fn to_png(id: &KithId, min_side: u32) -> Result<Vec<u8>, RenderError> {
+    png_of(&code_for(id)?, min_side)
+}
+
+/// Renders the ID's QR code as an SVG document, at least `min_side` units
+/// wide.
+pub fn to_svg(id: &KithId, min_side: u32) -> Result<String, RenderError> {
+    Ok(svg_of(&code_for(id)?, min_side))
+}
+
+/// Renders the ID's QR code as lines of Unicode half blocks for a terminal.
+/// Light modules are drawn, so the code reads correctly on the usual dark
+/// terminal background; the quiet zone is included.
+pub fn to_terminal(id: &KithId) -> Result<String, RenderError> {
+    Ok(terminal_of(&code_for(id)?))
+}
+
+/// Finds the first QR code in a PNG or JPEG image that holds a Kith ID.
+pub fn read_image(bytes: &[u8]) -> Result<KithId, ReadError> {
+    read_gray(load_gray(bytes)?)
+}
+
+/// Finds the first QR code in a greyscale picture that holds a Kith ID.
+pub fn read_gray(gray: GrayImage) -> Result<KithId, ReadError> {
+    let texts = scan_texts(gray)?;
     let mut first_error = None;
     for text in &texts {
         match KithId::parse(text) {

@@ -38,7 +38,7 @@ use kith_proto::wire::{MAX_RECEIPT_IDS, MessageId, Payload, Receipt, ReceiptKind
 use kith_store::Op;
 use sha2::{Digest, Sha256};
 
-use super::{Actor, Done, Event, jitter, now_secs};
+use super::{Actor, Done, Event, MailboxSettings, jitter, now_secs};
 use crate::frame::{self, MAIL_BUNDLE_TARGET_BYTES, MAX_ITEMS, Mail};
 use crate::records::{
     self, DEPOSITS, DepositRecord, MessageState, OUTBOX, OutboxBody, OutboxItem, REQUEST_ITEMS,
@@ -216,36 +216,18 @@ impl Actor {
         let net = self.net.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let expires = now_secs().saturating_add(settings.item_ttl.as_secs());
             let mut results = Vec::with_capacity(groups.len());
             for (keys, messages, mail) in groups {
                 let keep = matches!(mail, Mail::Accept(_));
-                let content = frame::encode_mail(&mail);
-                let sender = sender.clone();
-                let difficulty = settings.pow_difficulty;
-                let sealed = tokio::task::spawn_blocking(move || {
-                    MailboxItem::seal(&sender, &account, &content, expires, difficulty)
-                })
-                .await;
-                let item = match sealed {
-                    Ok(Ok(item)) => item,
-                    Ok(Err(e)) => {
-                        results.push(DepositGroup {
-                            keys,
-                            keep,
-                            messages,
-                            item: None,
-                            outcome: Err(e.to_string()),
-                        });
-                        break;
-                    }
+                let item = match seal_mail(&sender, account, &mail, &settings).await {
+                    Ok(item) => item,
                     Err(e) => {
                         results.push(DepositGroup {
                             keys,
                             keep,
                             messages,
                             item: None,
-                            outcome: Err(e.to_string()),
+                            outcome: Err(e),
                         });
                         break;
                     }
@@ -580,18 +562,11 @@ impl Actor {
         let net = self.net.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let expires = now_secs().saturating_add(settings.item_ttl.as_secs());
-            let content = frame::encode_mail(&Mail::Request(sealed));
-            let difficulty = settings.pow_difficulty;
-            let item = tokio::task::spawn_blocking(move || {
-                MailboxItem::seal(&sender, &to, &content, expires, difficulty)
-            })
-            .await;
-            let ok = match item {
-                Ok(Ok(item)) => user::deposit(&net, &item, settings.replicas, &[])
+            let ok = match seal_mail(&sender, to, &Mail::Request(sealed), &settings).await {
+                Ok(item) => user::deposit(&net, &item, settings.replicas, &[])
                     .await
                     .is_ok_and(|o| !o.accepted.is_empty()),
-                _ => false,
+                Err(_) => false,
             };
             let _ = done
                 .send(Done::RequestDeposited {
@@ -880,6 +855,26 @@ impl Actor {
         }
         Ok(())
     }
+}
+
+/// Seals `mail` for `to` as a mailbox item expiring after the item TTL,
+/// solving its proof of work off the async threads.
+async fn seal_mail(
+    sender: &std::sync::Arc<kith_proto::AccountKeypair>,
+    to: AccountPublicKey,
+    mail: &Mail,
+    settings: &MailboxSettings,
+) -> Result<MailboxItem, String> {
+    let expires = now_secs().saturating_add(settings.item_ttl.as_secs());
+    let content = frame::encode_mail(mail);
+    let difficulty = settings.pow_difficulty;
+    let sender = std::sync::Arc::clone(sender);
+    tokio::task::spawn_blocking(move || {
+        MailboxItem::seal(&sender, &to, &content, expires, difficulty)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// Groups outbox items into mail: payloads into bundles of about
