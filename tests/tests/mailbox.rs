@@ -260,17 +260,24 @@ fn offline_mail_reaches_bob_once_in_order_with_witnessed_times() -> anyhow::Resu
     Ok(())
 }
 
+/// Three volunteers; Alice and Bob become friends; Bob stops; Alice sends
+/// `count` messages, waits until all are stored with 3 of 3, and stops.
+fn mail_left_for_bob(home: &Path, count: usize) -> anyhow::Result<(Vec<Kithd>, User, User)> {
+    let nodes = volunteers(home)?;
+    let (alice, bob, bob_id) = users(home, &nodes)?;
+    let (alice_daemon, bob_daemon) = befriend(&alice, &bob, &bob_id)?;
+    bob_daemon.terminate()?;
+    send_while_bob_is_away(&alice, count)?;
+    alice_daemon.terminate()?;
+    Ok((nodes, alice, bob))
+}
+
 #[test]
 fn offline_mail_survives_two_of_three_volunteers_dying() -> anyhow::Result<()> {
     const COUNT: usize = 20;
     let started = Instant::now();
     let home = tempfile::tempdir()?;
-    let nodes = volunteers(home.path())?;
-    let (alice, mut bob, bob_id) = users(home.path(), &nodes)?;
-    let (alice_daemon, bob_daemon) = befriend(&alice, &bob, &bob_id)?;
-    bob_daemon.terminate()?;
-    send_while_bob_is_away(&alice, COUNT)?;
-    alice_daemon.terminate()?;
+    let (nodes, _alice, mut bob) = mail_left_for_bob(home.path(), COUNT)?;
     let held = items(&nodes)?;
     ensure!(
         held.iter().all(|&n| n > 0),
@@ -297,12 +304,7 @@ fn a_restarted_volunteer_still_serves_its_mail() -> anyhow::Result<()> {
     const COUNT: usize = 20;
     let started = Instant::now();
     let home = tempfile::tempdir()?;
-    let nodes = volunteers(home.path())?;
-    let (alice, mut bob, bob_id) = users(home.path(), &nodes)?;
-    let (alice_daemon, bob_daemon) = befriend(&alice, &bob, &bob_id)?;
-    bob_daemon.terminate()?;
-    send_while_bob_is_away(&alice, COUNT)?;
-    alice_daemon.terminate()?;
+    let (nodes, _alice, mut bob) = mail_left_for_bob(home.path(), COUNT)?;
 
     // Every volunteer stops; one comes back on its folder and port.
     let places: Vec<(std::path::PathBuf, String, String)> = nodes
