@@ -198,6 +198,10 @@ pub struct EventLoop {
     max_drop_records: usize,
     requests: requests::Requests,
     mailbox_requests: requests::Requests,
+    /// Peers mDNS found on the LAN and is still announcing, with their
+    /// addresses and when to dial again if not connected (a failed dial is
+    /// retried with backoff rather than waiting for the next announcement).
+    lan_peers: HashMap<PeerId, LanPeer>,
     closest: HashMap<kad::QueryId, closest::Query>,
     drops: drops::Drops,
     lookups: HashMap<kad::QueryId, Lookup>,
@@ -215,6 +219,16 @@ pub struct EventLoop {
     pending_listeners: HashSet<ListenerId>,
     listeners: HashSet<ListenerId>,
     listen_waiters: Vec<Reply<Vec<Multiaddr>>>,
+}
+
+/// Most LAN peers kept for redialling.
+const MAX_LAN_PEERS: usize = 256;
+
+/// A peer found by mDNS.
+struct LanPeer {
+    addrs: Vec<Multiaddr>,
+    next_dial: Option<Instant>,
+    backoff: Backoff,
 }
 
 /// Unix seconds, from the same clock reading as wire timestamps.
@@ -311,6 +325,7 @@ impl EventLoop {
             max_drop_records: (config.max_records / 4).max(1),
             requests,
             mailbox_requests,
+            lan_peers: HashMap::new(),
             closest: HashMap::new(),
             drops: drops::Drops::default(),
             lookups: HashMap::new(),
@@ -384,8 +399,10 @@ impl EventLoop {
     fn next_deadline(&self) -> Option<Instant> {
         let bootstrap = self.bootstrap.values().filter_map(|b| b.next_dial);
         let publish = self.publisher.as_ref().and_then(|p| p.next);
+        let lan = self.lan_peers.values().filter_map(|p| p.next_dial);
         bootstrap
             .chain(publish)
+            .chain(lan)
             .chain(self.next_kad_bootstrap)
             .chain(self.relay_retry)
             .min()
@@ -425,6 +442,7 @@ impl EventLoop {
             self.relay_retry = None;
             self.retry_relays();
         }
+        self.redial_lan_peers(now);
         if self.next_kad_bootstrap.is_some_and(|t| t <= now) {
             self.next_kad_bootstrap = None;
             if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
@@ -1058,17 +1076,15 @@ impl EventLoop {
                         peers.entry(peer).or_default().push(addr);
                     }
                     for (peer, addrs) in peers {
-                        if !self.swarm.is_connected(&peer) {
-                            let opts = DialOpts::peer_id(peer)
-                                .addresses(addrs)
-                                .condition(PeerCondition::DisconnectedAndNotDialing)
-                                .build();
-                            let _ = self.swarm.dial(opts);
-                        }
+                        self.remember_lan_peer(peer, addrs);
                         self.emit(Event::LanPeer { peer });
                     }
                 }
-                mdns::Event::Expired(_) => {}
+                mdns::Event::Expired(gone) => {
+                    for (peer, _) in gone {
+                        self.lan_peers.remove(&peer);
+                    }
+                }
             },
             BehaviourEvent::RelayClient(event) => {
                 if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
@@ -1116,6 +1132,48 @@ impl EventLoop {
             BehaviourEvent::Messages(event) => self.on_request_event(Channel::Message, event),
             BehaviourEvent::Mailbox(event) => self.on_request_event(Channel::Mailbox, event),
             BehaviourEvent::AutonatServer(_) | BehaviourEvent::Limits(_) => {}
+        }
+    }
+
+    /// Dials a peer mDNS found unless connected, and keeps it to retry.
+    fn remember_lan_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !self.lan_peers.contains_key(&peer) && self.lan_peers.len() >= MAX_LAN_PEERS {
+            return;
+        }
+        let timers = &self.timers;
+        let entry = self.lan_peers.entry(peer).or_insert_with(|| LanPeer {
+            addrs: Vec::new(),
+            next_dial: None,
+            backoff: Backoff::new(timers.reconnect_min, timers.reconnect_max),
+        });
+        entry.addrs = addrs;
+        entry.backoff.reset();
+        entry.next_dial = Some(Instant::now());
+        self.redial_lan_peers(Instant::now());
+    }
+
+    fn redial_lan_peers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .lan_peers
+            .iter()
+            .filter(|(_, p)| p.next_dial.is_some_and(|t| t <= now))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            let connected = self.swarm.is_connected(&peer);
+            let Some(entry) = self.lan_peers.get_mut(&peer) else {
+                continue;
+            };
+            if connected {
+                entry.next_dial = None;
+                continue;
+            }
+            entry.next_dial = Some(now + entry.backoff.next_delay());
+            let opts = DialOpts::peer_id(peer)
+                .addresses(entry.addrs.clone())
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let _ = self.swarm.dial(opts);
         }
     }
 
