@@ -31,13 +31,17 @@
 //! Every encoding is a version byte ([`SYNC_VERSION`]) and postcard, size
 //! limited before anything is read, canonical, and checked field by field,
 //! with typed [`DecodeError`]s; the replica bounds what it holds
-//! ([`Limits`]). Linking devices, the signed device list and moving
-//! batches between devices are built on top of this crate elsewhere; see
-//! `docs/sync.md`.
+//! ([`Limits`]). The device-link protocol — an existing device proving a
+//! link code's secret to a new one and handing over the account — is here
+//! too, as two I/O-free state machines ([`link::Linker`],
+//! [`link::Joiner`]). The signed device list and moving batches between
+//! devices are built on top of this crate elsewhere; see `docs/sync.md`
+//! and `docs/devices.md`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod codec;
+pub mod link;
 pub mod op;
 pub mod replica;
 pub mod state;
