@@ -229,6 +229,21 @@ pub struct Status {
     pub volunteering: Option<kith_mailbox::Usage>,
 }
 
+/// One device of this account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its network identity.
+    pub peer_id: kith_net::PeerId,
+    /// The name the device list gives it.
+    pub name: String,
+    /// When it was added, Unix seconds.
+    pub added_at: u64,
+    /// Whether it is the device this engine runs on.
+    pub this_device: bool,
+    /// Whether this device is connected to it now.
+    pub online: bool,
+}
+
 /// What the engine reports as it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -322,6 +337,9 @@ pub enum EngineError {
     /// The network failed.
     #[error("network: {0}")]
     Net(String),
+    /// Linking a device failed; nothing was changed on this device.
+    #[error("linking failed: {0}")]
+    Link(String),
 }
 
 /// Why the engine could not start.
@@ -396,6 +414,12 @@ enum Command {
         name: String,
         reply: Reply<()>,
     },
+    LinkDevice {
+        code: Box<kith_proto::link::LinkCode>,
+        name: Option<String>,
+        reply: Reply<DeviceInfo>,
+    },
+    Devices(Reply<Vec<DeviceInfo>>),
     Shutdown(Reply<()>),
 }
 
@@ -596,6 +620,32 @@ impl Engine {
     /// Sets the name new friends see.
     pub async fn set_name(&self, name: String) -> Result<(), EngineError> {
         self.ask(|reply| Command::SetName { name, reply }).await
+    }
+
+    /// Links the device that shows `code` to this account, naming it
+    /// `name` in the device list (default: "device N"). Dials it (the
+    /// code's addresses, else the LAN), proves the code's secret, hands it
+    /// the account key, a new device list naming it, and the history
+    /// (`kith_sync::link::MAX_LINK_SYNC_BYTES` of it; the rest follows by
+    /// sync), and waits for its user to accept. The new list is stored
+    /// only once the new device has proved the secret too; any failure
+    /// leaves this device as it was.
+    pub async fn link_device(
+        &self,
+        code: kith_proto::link::LinkCode,
+        name: Option<String>,
+    ) -> Result<DeviceInfo, EngineError> {
+        self.ask(|reply| Command::LinkDevice {
+            code: Box::new(code),
+            name,
+            reply,
+        })
+        .await
+    }
+
+    /// The account's devices, as its newest device list names them.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, EngineError> {
+        self.ask(Command::Devices).await
     }
 
     /// The safety number of this account and `friend`, to compare out of

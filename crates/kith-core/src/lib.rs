@@ -12,12 +12,16 @@
 //!   (Lamport, sender time, ID) and read a page at a time.
 //! - [`frame`]: what devices send each other over the direct message
 //!   protocol.
+//! - [`join`]: a new device joining an account by link code; the engine
+//!   keeps the account's op log and device list, and links new devices
+//!   ([`engine::Engine::link_device`]).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod engine;
 pub mod frame;
 pub mod history;
+pub mod join;
 mod records;
 pub mod session;
 

@@ -29,6 +29,15 @@ pub(crate) const SETTINGS: &str = "settings";
 pub(crate) const DEPOSITS: &str = "deposits";
 pub(crate) const WITNESS: &str = "witness";
 pub(crate) const REQUEST_ITEMS: &str = "request-items";
+/// The op log: key = the store's opaque ID of the device (16) ‖ counter
+/// (8, big-endian); value = the op as `kith_sync` encodes it.
+pub(crate) const OPS: &str = "sync-ops";
+/// Batches of ops waiting to be taken in (from linking): key = 8-byte
+/// sequence, value = an encoded batch.
+pub(crate) const SYNC_INBOX: &str = "sync-inbox";
+/// Key in [`SETTINGS`] of the account's newest verified device list
+/// (the signed list's own encoding).
+pub(crate) const DEVICE_LIST: &[u8] = b"device-list";
 
 /// Key in [`DEVICE`] of this device's Olm account pickle.
 pub(crate) const OLM_ACCOUNT: &[u8] = b"olm-account";
@@ -235,6 +244,10 @@ pub enum MessageState {
         /// Volunteers wanted.
         of: u8,
     },
+    /// Sent from another of the account's devices; this device learnt of
+    /// it through the op log and follows receipts from there. Appended
+    /// last: the variant index is the stored form.
+    SentElsewhere,
 }
 
 impl MessageState {
@@ -244,6 +257,7 @@ impl MessageState {
         match self {
             MessageState::Queued => 0,
             MessageState::Failed { .. } => 1,
+            MessageState::SentElsewhere => 2,
             MessageState::Stored { volunteers, .. } => 0x100 + u16::from(*volunteers),
             MessageState::Delivered { .. } => 0x200,
             MessageState::Read { .. } => 0x300,

@@ -282,6 +282,7 @@ fn state_json(state: &MessageState) -> Value {
         MessageState::Stored { volunteers, of } => {
             json!({"state": "stored", "volunteers": volunteers, "of": of})
         }
+        MessageState::SentElsewhere => json!({"state": "sent-elsewhere"}),
     }
 }
 

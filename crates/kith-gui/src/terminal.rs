@@ -227,6 +227,7 @@ fn state_text(state: &Value) -> String {
             state["volunteers"].as_u64().unwrap_or(0),
             state["of"].as_u64().unwrap_or(0)
         ),
+        Some("sent-elsewhere") => "sent from another of your devices".to_owned(),
         Some(s) => s.to_owned(),
         None => String::new(),
     }

@@ -8,7 +8,9 @@
 //! them are answered together. Then every friend with outbox items and a
 //! device ready is pumped.
 
+mod link;
 mod mail;
+mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -95,6 +97,7 @@ enum Done {
         ok: bool,
     },
     MailFetched(Result<kith_mailbox::user::FetchOutcome, NetError>),
+    Linked(Box<link::LinkDone>),
 }
 
 /// Payloads being gathered into one Olm message.
@@ -186,6 +189,10 @@ pub(super) struct Actor {
     mail_fetch_deferred: bool,
     mail_fetch_retries: u32,
     next_mail_fetch: Instant,
+    /// The account's op log and its merged state (`sync.rs`).
+    replica: kith_sync::Replica,
+    /// The account's newest verified device list.
+    device_list: Option<kith_proto::devices::SignedDeviceList>,
 }
 
 fn now_secs() -> u64 {
@@ -265,6 +272,9 @@ impl Actor {
         net.presence = Some(PresenceKeys::derive(&identity.account));
         net.prekeys = secrets.prekeys().encode();
         net.mailbox_volunteer = volunteer.is_some();
+        let local_device = sync::device_id(&identity.device.peer_id())
+            .ok_or_else(|| StartError::Store("the device key is not an Ed25519 key".into()))?;
+        let replica = sync::load_replica(&store, local_device).map_err(|e| start_error(&e))?;
         let (client, net_events, event_loop) = kith_net::new(net, None)?;
         tokio::spawn(event_loop.run());
         let volunteer = volunteer.map(|(volunteer, settings)| {
@@ -329,8 +339,12 @@ impl Actor {
             mail_fetch_deferred: false,
             mail_fetch_retries: 0,
             next_mail_fetch: Instant::now(),
+            replica,
+            device_list: None,
         };
         actor.load().map_err(|e| start_error(&e))?;
+        actor.ensure_device_list().map_err(|e| start_error(&e))?;
+        actor.take_inbox().map_err(|e| start_error(&e))?;
         Ok(actor)
     }
 
@@ -675,6 +689,10 @@ impl Actor {
             } => {
                 let _ = reply.send(self.history(&friend, older, limit));
             }
+            Command::LinkDevice { code, name, reply } => self.link_device(*code, name, reply),
+            Command::Devices(reply) => {
+                let _ = reply.send(self.device_infos());
+            }
             Command::RotateNospam(reply) => {
                 let _ = reply.send(self.rotate_nospam());
             }
@@ -826,6 +844,11 @@ impl Actor {
             records::delete(REQUEST_ITEMS, key.clone()),
             records::delete(REFUSED, key.clone()),
         ];
+        ops.extend(self.record_contact(&record));
+        ops.extend(self.record(kith_sync::OpKind::RequestDecided {
+            from: account.to_bytes(),
+            decision: kith_sync::Decision::Accepted,
+        }));
         self.register_friend(record);
         ops.push(self.queue_op(account, None, OutboxBody::Sealed(sealed)));
         self.apply(ops)?;
@@ -857,24 +880,20 @@ impl Actor {
                 },
             ),
         ];
+        ops.extend(self.record(kith_sync::OpKind::RequestDecided {
+            from: account.to_bytes(),
+            decision: match kind {
+                RefusalKind::Declined => kith_sync::Decision::Declined,
+                RefusalKind::Blocked => kith_sync::Decision::Blocked,
+            },
+        }));
+        if kind == RefusalKind::Blocked && self.friends.contains_key(&account.to_bytes()) {
+            ops.extend(self.record(kith_sync::OpKind::ContactRemoved {
+                friend: account.to_bytes(),
+            }));
+        }
         if kind == RefusalKind::Blocked {
-            ops.push(records::delete(FRIENDS, key.clone()));
-            ops.push(records::delete(REQUESTS_OUT, key.clone()));
-            ops.push(records::delete(REQUEST_ITEMS, key.clone()));
-            for (item_key, _) in
-                records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, MAX_OUTBOX)
-                    .map_err(store_error)?
-            {
-                ops.push(records::delete(OUTBOX, item_key));
-                self.outbox_len = self.outbox_len.saturating_sub(1);
-            }
-            if let Some(friend) = self.friends.remove(&account.to_bytes()) {
-                for peer in friend.devices {
-                    self.devices.remove(&peer);
-                }
-            }
-            self.with_items.remove(&account.to_bytes());
-            self.drop_due.remove(&account.to_bytes());
+            self.forget_friend(account, &mut ops)?;
         }
         self.apply(ops)
     }
@@ -1016,6 +1035,10 @@ impl Actor {
         let (_, mut ops) = history
             .insert_ops(&conversation, stored)
             .map_err(store_error)?;
+        ops.extend(self.record(kith_sync::OpKind::MessageSent {
+            friend: friend.to_bytes(),
+            message: message.clone(),
+        }));
         ops.push(self.queue_op(friend, Some(message.id), OutboxBody::Payload(payload)));
         self.stage(ops);
         let view = MessageView {
@@ -1067,15 +1090,29 @@ impl Actor {
         payload
             .encode()
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let kind = match &body {
+            Some(body) => kith_sync::OpKind::Edited {
+                friend: friend.to_bytes(),
+                target,
+                body: body.clone(),
+                at,
+            },
+            None => kith_sync::OpKind::Deleted {
+                friend: friend.to_bytes(),
+                target,
+                at,
+            },
+        };
         let record = EditRecord {
             deleted: body.is_none(),
             body,
             at,
         };
-        let ops = vec![
+        let mut ops = vec![
             records::put(EDITS, records::message_key(&conversation, &target), &record),
             self.queue_op(friend, None, OutboxBody::Payload(payload)),
         ];
+        ops.extend(self.record(kind));
         self.apply(ops)?;
         let view = self.view(&conversation, original)?;
         self.emit_after_commit(vec![Event::Changed {
@@ -1097,6 +1134,14 @@ impl Actor {
                 ids.push(MessageId(id));
             }
             ops.push(records::delete(UNREAD, key));
+        }
+        if count > 0
+            && let Some(upto) = self.newest_position(&conversation)
+        {
+            ops.extend(self.record(kith_sync::OpKind::ReadUpTo {
+                friend: friend.to_bytes(),
+                upto,
+            }));
         }
         let at = Timestamp::now();
         for chunk in ids.chunks(MAX_RECEIPT_IDS) {
@@ -1217,6 +1262,8 @@ impl Actor {
                 return Err(store_error(e));
             }
         }
+        let ops = self.record(kith_sync::OpKind::Nospam(self.identity.nospam));
+        self.apply(ops)?;
         Ok(self.my_id())
     }
 
@@ -1229,7 +1276,9 @@ impl Actor {
         probe
             .validate()
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        self.apply(vec![records::put(SETTINGS, DISPLAY_NAME, &name)])?;
+        let mut ops = vec![records::put(SETTINGS, DISPLAY_NAME, &name)];
+        ops.extend(self.record(kith_sync::OpKind::ProfileName(name.clone())));
+        self.apply(ops)?;
         self.display_name = name;
         Ok(())
     }
@@ -1520,6 +1569,7 @@ impl Actor {
         ops.push(records::put(FRIENDS, key.clone(), &record));
         ops.push(records::delete(REQUEST_ITEMS, key.clone()));
         ops.push(records::delete(REQUESTS_OUT, key));
+        ops.extend(self.record_contact(&record));
         self.register_friend(record);
         self.drop_due.remove(&sender.to_bytes());
         if let Some(peer) = via {
@@ -1620,6 +1670,10 @@ impl Actor {
                             *last = (*last).max(message.lamport.0);
                         }
                         ops.extend(new_ops);
+                        ops.extend(self.record(kith_sync::OpKind::MessageReceived {
+                            friend: account.to_bytes(),
+                            message: message.clone(),
+                        }));
                         ops.push(Op::put(
                             UNREAD,
                             records::message_key(&conversation, &message.id),
@@ -1709,7 +1763,7 @@ impl Actor {
 
     #[allow(clippy::too_many_arguments)]
     fn receive_change(
-        &self,
+        &mut self,
         account: &AccountPublicKey,
         conversation: &[u8; 16],
         target: MessageId,
@@ -1730,6 +1784,19 @@ impl Actor {
         {
             return;
         }
+        ops.extend(self.record(match &body {
+            Some(body) => kith_sync::OpKind::Edited {
+                friend: account.to_bytes(),
+                target,
+                body: body.clone(),
+                at,
+            },
+            None => kith_sync::OpKind::Deleted {
+                friend: account.to_bytes(),
+                target,
+                at,
+            },
+        }));
         let record = EditRecord {
             deleted: body.is_none(),
             body,
@@ -2075,6 +2142,7 @@ impl Actor {
             Done::ToppedUp(results) => self.on_topped_up(results),
             Done::RequestDeposited { to, digest, ok } => self.on_request_deposited(to, digest, ok),
             Done::MailFetched(result) => self.on_mail_fetched(result),
+            Done::Linked(done) => self.on_linked(*done),
         }
     }
 

@@ -1,0 +1,213 @@
+//! Linking a second device to an account (in process, memory transport,
+//! real engines and stores): the new device gets the account, the device
+//! list, contacts, history, edits and read state; a wrong or expired code
+//! changes nothing on either side.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use kith_core::engine::{Engine, Event};
+use kith_core::join::{self, Joining};
+use kith_net::{Multiaddr, Role, TransportKind};
+use kith_proto::DeviceKeypair;
+use kith_proto::link::{LinkCode, LinkSecret};
+use kith_store::profile::Identity;
+use kith_store::{Backend, MemoryBackend, Store};
+
+fn join_config(device: &DeviceKeypair, bootstrap: &[Multiaddr]) -> kith_net::Config {
+    let mut net = kith_net::Config::new(device.clone(), Role::Client);
+    net.transport = TransportKind::Memory;
+    net.listen = vec!["/memory/0".parse().unwrap()];
+    net.bootstrap = bootstrap.to_vec();
+    net
+}
+
+/// What a history page shows, comparable across devices.
+async fn conversation(engine: &Engine, friend: &kith_proto::AccountPublicKey) -> Vec<String> {
+    engine
+        .history(*friend, None, 100)
+        .await
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| format!("{:?}|{}|{}|{}", m.author, m.body, m.edited, m.deleted))
+        .collect()
+}
+
+/// The new device's side, run to the end: accepts the first offer,
+/// checking that it names `expect_name`, and writes the identity into a
+/// fresh store. Returns the identity and the store's backend.
+async fn accept_first_offer(
+    mut joining: Joining,
+    expect_name: &str,
+) -> (Identity, Arc<MemoryBackend>) {
+    let offer = tokio::time::timeout(WAIT, joining.next_offer())
+        .await
+        .expect("an offer in time")
+        .expect("an offer");
+    assert_eq!(offer.display_name(), expect_name);
+    let device = joining.device().clone();
+    let backend = Arc::new(MemoryBackend::new());
+    let seeded = backend.clone();
+    let bundle = joining
+        .accept(offer, move |bundle| {
+            let store = Store::open(seeded, None, kith_core::SCHEMA_VERSION, &[])
+                .map_err(|e| e.to_string())?;
+            join::seed_store(&store, bundle).map_err(|e| e.to_string())
+        })
+        .await
+        .expect("accepted");
+    let identity = Identity {
+        account: kith_proto::AccountKeypair::from_secret_bytes(&bundle.account.secret_bytes()),
+        nospam: bundle.nospam,
+        device,
+    };
+    (identity, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_shows_the_same_friends_history_and_read_state() {
+    let (_nodes, addrs) = start_nodes(2).await;
+    let laptop = Device::new("alice");
+    let bob = Device::new("bob");
+    let (alice, mut alice_events) = laptop.start(&addrs);
+    let (bob_engine, _bob_events) = bob.start(&addrs);
+    befriend(&alice, &mut alice_events, &bob_engine).await;
+
+    for text in ["one", "two", "three"] {
+        bob_engine.send(alice.account(), text.into()).await.unwrap();
+    }
+    let first = alice
+        .send(bob_engine.account(), "hi bob".into())
+        .await
+        .unwrap();
+    alice
+        .send(bob_engine.account(), "and again".into())
+        .await
+        .unwrap();
+    alice
+        .edit(bob_engine.account(), first, "hello bob".into())
+        .await
+        .unwrap();
+    let mut got = 0;
+    wait_for(&mut alice_events, |e| match e {
+        Event::Message { message, .. } if message.author == kith_core::history::Author::Friend => {
+            got += 1;
+            (got == 3).then_some(())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(alice.mark_read(bob_engine.account()).await.unwrap(), 3);
+    // One more from Bob, left unread.
+    bob_engine
+        .send(alice.account(), "four".into())
+        .await
+        .unwrap();
+    wait_for(&mut alice_events, |e| match e {
+        Event::Message { message, .. } if message.body == "four" => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let desktop_key = DeviceKeypair::generate();
+    let joining = join::start(join_config(&desktop_key, &addrs))
+        .await
+        .unwrap();
+    let code = joining.code().clone();
+    let new_side = tokio::spawn(accept_first_offer(joining, "alice"));
+    let linked = alice
+        .link_device(code, Some("desktop".into()))
+        .await
+        .expect("linked");
+    assert_eq!(linked.name, "desktop");
+    assert_eq!(linked.peer_id, desktop_key.peer_id());
+    let (identity, backend) = new_side.await.unwrap();
+    assert_eq!(identity.account.public(), alice.account());
+
+    let devices = alice.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    assert!(devices.iter().any(|d| d.this_device));
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.name == "desktop" && !d.this_device)
+    );
+
+    // The new device starts on what it was handed.
+    let store_backend: Arc<dyn Backend> = backend;
+    let store = Store::open(store_backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
+    let mut net = join_config(&identity.device, &addrs);
+    net.timers.kad_query_timeout = Duration::from_secs(10);
+    let config = kith_core::engine::Config::new(identity, store, net);
+    let (desktop, _desktop_events) = kith_core::engine::start(config).unwrap();
+
+    assert_eq!(desktop.account(), alice.account());
+    assert_eq!(
+        desktop.status().await.unwrap().id,
+        alice.status().await.unwrap().id
+    );
+    let friends = desktop.friends().await.unwrap();
+    assert_eq!(friends.len(), 1);
+    assert_eq!(friends[0].account, bob_engine.account());
+    assert_eq!(friends[0].name, "bob");
+    assert_eq!(
+        conversation(&desktop, &bob_engine.account()).await,
+        conversation(&alice, &bob_engine.account()).await
+    );
+    let on_laptop = alice.friends().await.unwrap();
+    assert_eq!(friends[0].unread, 1, "only 'four' is unread");
+    assert_eq!(on_laptop[0].unread, friends[0].unread);
+    assert_eq!(desktop.devices().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_expired_code_changes_nothing() {
+    let (_nodes, addrs) = start_nodes(1).await;
+    let laptop = Device::new("alice");
+    let (alice, _alice_events) = laptop.start(&addrs);
+
+    let desktop_key = DeviceKeypair::generate();
+    let mut joining = join::start(join_config(&desktop_key, &addrs))
+        .await
+        .unwrap();
+    let real = joining.code().clone();
+    // The new device answers link requests until told to stop; it must
+    // never see an offer.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let new_side = tokio::spawn(async move {
+        tokio::select! {
+            offer = joining.next_offer() => offer.is_ok(),
+            _ = stopped => false,
+        }
+    });
+    let now = kith_proto::wire::Timestamp::now().0 / 1000;
+    let addresses = real.addresses().to_vec();
+
+    // Same device and addresses, another secret: what a mistyped or
+    // guessed code would hold if its checksum matched.
+    let wrong = LinkCode::generate_with(&desktop_key, LinkSecret::random(), addresses.clone(), now)
+        .unwrap();
+    let err = alice.link_device(wrong, None).await.unwrap_err();
+    assert!(err.to_string().contains("not the code"), "{err}");
+
+    // A code that ran out: refused before anything is sent.
+    let expired =
+        LinkCode::generate_with(&desktop_key, real.secret().clone(), addresses, now - 400).unwrap();
+    let err = alice.link_device(expired, None).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    // Nothing changed on the existing device…
+    let devices = alice.devices().await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].this_device);
+    // …and the new device was offered nothing.
+    stop.send(()).unwrap();
+    assert!(
+        !new_side.await.unwrap(),
+        "no offer may come from a wrong secret"
+    );
+}
