@@ -3,9 +3,10 @@
 //! `kith id new|show|check|rotate` manage and inspect identities; `kith
 //! daemon` runs the messenger in the background; `add`, `requests`,
 //! `accept`, `decline`, `block`, `friends`, `send`, `edit`, `delete`,
-//! `history`, `chat`, `safety` and `status` talk to that daemon, or run the
-//! engine for the length of the command when no daemon is running (see
-//! [`crate::control`]). Every command takes `--profile NAME` (default
+//! `history`, `chat`, `safety`, `status` and `device add|list` talk to that
+//! daemon, or run the engine for the length of the command when no daemon
+//! is running (see [`crate::control`]); `kith device link` joins a new
+//! profile to an existing account (see [`crate::device`]). Every command takes `--profile NAME` (default
 //! `default`), `--json` for scripts, `--bootstrap ADDR` and `--listen ADDR`.
 //! Output meant for people goes to standard output, errors to standard
 //! error with a non-zero exit status.
@@ -14,13 +15,14 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use kith_proto::link::{LinkCodeError, QrReadError};
 use kith_proto::{KithId, KithIdError, qr};
 use serde_json::{Value, json};
 
 use crate::control::{ControlError, NodeOptions, passphrase_from_env};
 use kith_store::private::{self, PrivateFileError};
 use kith_store::profile::{DEFAULT_PROFILE, Identity, Profile, ProfileError};
-use kith_store::{KdfParams, Passphrase, SledBackend, Store};
+use kith_store::{KdfParams, Passphrase, Store};
 
 /// Kith: a peer-to-peer messenger with no server in the middle.
 #[derive(Debug, Parser)]
@@ -157,6 +159,44 @@ pub enum Command {
         #[arg(required = true)]
         name: Vec<String>,
     },
+    /// Use your account on more than one computer.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+/// `kith device …`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// On the NEW computer, in a profile with no account yet: show a link
+    /// code, wait for `kith device add <code>` on a computer that has the
+    /// account, and join that account.
+    Link {
+        /// Lock the new profile with a passphrase (from KITH_PASSPHRASE, or
+        /// asked for).
+        #[arg(long)]
+        passphrase: bool,
+        /// Also write the code's QR code as a PNG image to FILE.
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+        /// Join the account offered without asking (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// On a computer that has the account: link the new computer showing
+    /// this code.
+    Add {
+        /// The link code (`kith-link:…`) the new computer shows.
+        #[arg(required_unless_present = "image", value_name = "CODE")]
+        code: Option<String>,
+        /// A PNG or JPEG picture of the new computer's QR code.
+        #[arg(long, value_name = "FILE", conflicts_with = "code")]
+        image: Option<PathBuf>,
+        /// The name to list the new computer under (default: "device N").
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// List this account's devices.
+    List,
 }
 
 /// `kith id …`
@@ -237,12 +277,52 @@ pub enum CliError {
     /// No passphrase for a locked profile, or a bad one.
     #[error("{0}")]
     Passphrase(String),
+    /// A link code that cannot be used.
+    #[error(transparent)]
+    LinkCode(#[from] LinkCodeError),
+    /// No link code could be read from the picture.
+    #[error("{}: {source}", path.display())]
+    LinkImage {
+        /// The picture.
+        path: PathBuf,
+        /// Why.
+        source: QrReadError,
+    },
+    /// `kith device link` in a profile that already has an account.
+    #[error("profile {0} already has an account; use another --profile")]
+    HasAccount(String),
+    /// `kith device link` in a profile left with a database but no
+    /// identity.
+    #[error("profile {0} holds a database but no identity; use another --profile")]
+    LeftoverData(String),
+    /// Linking the new device failed; nothing was written.
+    #[error("{0}; nothing was changed")]
+    Join(#[from] kith_core::join::JoinFailure),
+    /// The user did not accept the account offered.
+    #[error("{0}; nothing was changed")]
+    NotJoined(String),
 }
 
 /// Runs one command, writing its output to `out`.
 pub fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     match &cli.command {
         Command::Id(command) => run_id(cli, command, out),
+        Command::Device(DeviceCommand::Link {
+            passphrase,
+            png,
+            yes,
+        }) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let options = crate::device::LinkOptions {
+                passphrase: *passphrase,
+                png: png.clone(),
+                yes: *yes,
+            };
+            runtime.block_on(crate::device::link(cli, &options, out))
+        }
         command => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -285,6 +365,27 @@ pub fn passphrase_for(profile: &Profile) -> Result<Option<Passphrase>, CliError>
     ask_passphrase(&format!("Passphrase for profile '{}': ", profile.name())).map(Some)
 }
 
+/// The passphrase to lock a new profile with: KITH_PASSPHRASE, or asked
+/// for on the terminal.
+pub fn new_passphrase() -> Result<Passphrase, CliError> {
+    match passphrase_from_env() {
+        Some(p) => Ok(p),
+        None => ask_passphrase("New passphrase: "),
+    }
+}
+
+/// Creates the store of a new profile (`<profile>/db`), locked with `lock`
+/// when given, as the engine will open it.
+pub fn create_store(profile: &Profile, lock: Option<&Passphrase>) -> Result<Store, CliError> {
+    let mut store = crate::control::open_store(profile, None)?;
+    if let Some(passphrase) = lock {
+        store
+            .set_passphrase(Some(passphrase), KdfParams::INTERACTIVE)
+            .map_err(|e| CliError::Passphrase(e.to_string()))?;
+    }
+    Ok(store)
+}
+
 fn ask_passphrase(prompt: &str) -> Result<Passphrase, CliError> {
     if !std::io::stdin().is_terminal() {
         return Err(CliError::Passphrase(
@@ -314,10 +415,7 @@ fn run_id(cli: &Cli, command: &IdCommand, out: &mut impl Write) -> Result<(), Cl
             let profile = Profile::locate(&cli.profile)?;
             let identity = Identity::generate();
             let lock = if *passphrase {
-                Some(match passphrase_from_env() {
-                    Some(p) => p,
-                    None => ask_passphrase("New passphrase: ")?,
-                })
+                Some(new_passphrase()?)
             } else {
                 None
             };
@@ -325,20 +423,9 @@ fn run_id(cli: &Cli, command: &IdCommand, out: &mut impl Write) -> Result<(), Cl
                 &identity,
                 lock.as_ref().map(|p| (p, KdfParams::INTERACTIVE)),
             )?;
-            if let Some(passphrase) = &lock {
+            if lock.is_some() {
                 // The database is locked with the same passphrase.
-                let backend = SledBackend::open(&profile.dir().join("db"))
-                    .map_err(|e| CliError::Passphrase(e.to_string()))?;
-                let mut store = Store::open(
-                    std::sync::Arc::new(backend),
-                    None,
-                    kith_core::SCHEMA_VERSION,
-                    &[],
-                )
-                .map_err(|e| CliError::Passphrase(e.to_string()))?;
-                store
-                    .set_passphrase(Some(passphrase), KdfParams::INTERACTIVE)
-                    .map_err(|e| CliError::Passphrase(e.to_string()))?;
+                create_store(&profile, lock.as_ref())?;
             }
             let id = identity.kith_id();
             if cli.json {
@@ -431,16 +518,16 @@ pub(crate) fn print_json(out: &mut impl Write, value: &Value) -> Result<(), CliE
     Ok(())
 }
 
-fn write_file(path: &PathBuf, bytes: &[u8]) -> Result<(), CliError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     std::fs::write(path, bytes).map_err(|source| CliError::File {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
 }
 
 /// Reads a QR picture through the store's bounded reader; a file over the
 /// limit is refused unread with the QR reader's own error.
-fn read_image_file(path: &Path) -> Result<Vec<u8>, CliError> {
+pub(crate) fn read_image_file(path: &Path) -> Result<Vec<u8>, CliError> {
     let max = u64::try_from(qr::MAX_IMAGE_BYTES).unwrap_or(u64::MAX);
     private::read_limited(path, max).map_err(|e| match e {
         PrivateFileError::TooLarge { found, .. } => CliError::QrImage {
@@ -459,4 +546,78 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>, CliError> {
             source: std::io::Error::other(other.to_string()),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kith").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn device_link_takes_its_flags_and_the_global_ones() {
+        let cli = parse(&[
+            "--profile",
+            "desktop",
+            "device",
+            "link",
+            "--yes",
+            "--passphrase",
+            "--png",
+            "code.png",
+            "--json",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .unwrap();
+        assert_eq!(cli.profile, "desktop");
+        assert!(cli.json);
+        let Command::Device(DeviceCommand::Link {
+            passphrase,
+            png,
+            yes,
+        }) = cli.command
+        else {
+            panic!("{:?}", cli.command);
+        };
+        assert!(passphrase && yes);
+        assert_eq!(png, Some(PathBuf::from("code.png")));
+        let plain = parse(&["device", "link"]).unwrap();
+        assert!(matches!(
+            plain.command,
+            Command::Device(DeviceCommand::Link {
+                passphrase: false,
+                png: None,
+                yes: false
+            })
+        ));
+    }
+
+    #[test]
+    fn device_add_takes_a_code_or_a_picture_but_not_both() {
+        let cli = parse(&["device", "add", "kith-link:ABC", "--name", "desktop"]).unwrap();
+        let Command::Device(DeviceCommand::Add { code, image, name }) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(code.as_deref(), Some("kith-link:ABC"));
+        assert_eq!(image, None);
+        assert_eq!(name.as_deref(), Some("desktop"));
+
+        let cli = parse(&["device", "add", "--image", "qr.png"]).unwrap();
+        let Command::Device(DeviceCommand::Add { code, image, name }) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!((code, name), (None, None));
+        assert_eq!(image, Some(PathBuf::from("qr.png")));
+
+        assert!(parse(&["device", "add"]).is_err());
+        assert!(parse(&["device", "add", "kith-link:ABC", "--image", "qr.png"]).is_err());
+        assert!(parse(&["device", "list", "extra"]).is_err());
+        assert!(matches!(
+            parse(&["device", "list"]).unwrap().command,
+            Command::Device(DeviceCommand::List)
+        ));
+    }
 }

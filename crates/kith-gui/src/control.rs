@@ -13,6 +13,8 @@
 //! The socket speaks JSON lines: one [`Request`] per line, answered by one
 //! line `{"ok": …}` or `{"error": "…"}`; after `{"subscribe": …}` the
 //! daemon keeps writing `{"event": …}` lines until the client hangs up.
+//! A link code travels as its text (`{"link_device": {"code": "kith-link:…",
+//! "name": "desktop"}}`) and is parsed on the engine's side.
 //! Both paths produce the same JSON, which the command line prints as is
 //! (`--json`) or as text.
 
@@ -21,12 +23,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kith_core::engine::{
-    self, Engine, EngineError, Event, FriendInfo, MessageState, MessageView, RequestInfo, Witness,
+    self, DeviceInfo, Engine, EngineError, Event, FriendInfo, MessageState, MessageView,
+    RequestInfo, Witness,
 };
 use kith_core::history::Author;
 use kith_mailbox::service::ServiceSettings;
 use kith_mailbox::{Volunteer, VolunteerConfig};
 use kith_proto::KithId;
+use kith_proto::link::LinkCode;
 use kith_proto::mailbox::Limits;
 use kith_proto::wire::MessageId;
 use kith_store::profile::Profile;
@@ -128,6 +132,17 @@ pub enum Request {
         /// The name.
         name: String,
     },
+    /// Link the new device showing a link code to this account.
+    LinkDevice {
+        /// The code's text (`kith-link:…`), as the new device shows it;
+        /// parsed by the engine's side.
+        code: String,
+        /// The name to list the new device under (default: "device N").
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// List the account's devices.
+    Devices,
     /// Stream events.
     Subscribe,
 }
@@ -148,6 +163,9 @@ pub enum ControlError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    /// A link code that cannot be used (mistyped, expired…).
+    #[error(transparent)]
+    LinkCode(#[from] kith_proto::link::LinkCodeError),
 }
 
 /// How to start an engine for a profile.
@@ -187,6 +205,28 @@ pub fn start_engine(
     let identity = profile
         .load_identity(passphrase.as_ref())
         .map_err(|e| ControlError::Start(e.to_string()))?;
+    let store = open_store(profile, passphrase.as_ref())?;
+    let device = identity.device.clone();
+    let account = identity.account.public();
+    let net = net_config(identity.device.clone(), options)?;
+    let mut config = engine::Config::new(identity, store, net);
+    config.display_name = profile.name().to_owned();
+    config.profile = Some((profile.clone(), passphrase));
+    if let Some(poll) = options.request_poll {
+        config.request_poll = poll;
+    }
+    if let Some(mb) = options.volunteer_mb {
+        config.volunteer = Some(open_volunteer(profile, &device, &account, mb)?);
+    }
+    engine::start(config).map_err(|e| ControlError::Start(e.to_string()))
+}
+
+/// Opens the profile's store (`<profile>/db`), unlocking it with
+/// `passphrase`.
+pub fn open_store(
+    profile: &Profile,
+    passphrase: Option<&Passphrase>,
+) -> Result<Store, ControlError> {
     let backend = SledBackend::open(&profile.dir().join("db")).map_err(|e| {
         if e.to_string().contains("could not acquire lock") {
             ControlError::Start(format!(
@@ -197,16 +237,22 @@ pub fn start_engine(
             ControlError::Start(format!("the profile's database: {e}"))
         }
     })?;
-    let store = Store::open(
+    Store::open(
         std::sync::Arc::new(backend),
-        passphrase.as_ref(),
+        passphrase,
         kith_core::SCHEMA_VERSION,
         &[],
     )
-    .map_err(|e| ControlError::Start(e.to_string()))?;
-    let device = identity.device.clone();
-    let account = identity.account.public();
-    let mut net = kith_net::Config::new(identity.device.clone(), kith_net::Role::Client);
+    .map_err(|e| ControlError::Start(e.to_string()))
+}
+
+/// The network node settings for `device` under `options`: a client
+/// listening where asked (every interface, TCP and QUIC, when nothing is).
+pub fn net_config(
+    device: kith_proto::DeviceKeypair,
+    options: &NodeOptions,
+) -> Result<kith_net::Config, ControlError> {
+    let mut net = kith_net::Config::new(device, kith_net::Role::Client);
     net.bootstrap = options.bootstrap.clone();
     net.listen = if options.listen.is_empty() {
         vec![
@@ -221,16 +267,7 @@ pub fn start_engine(
         options.listen.clone()
     };
     net.mdns = options.mdns;
-    let mut config = engine::Config::new(identity, store, net);
-    config.display_name = profile.name().to_owned();
-    config.profile = Some((profile.clone(), passphrase));
-    if let Some(poll) = options.request_poll {
-        config.request_poll = poll;
-    }
-    if let Some(mb) = options.volunteer_mb {
-        config.volunteer = Some(open_volunteer(profile, &device, &account, mb)?);
-    }
-    engine::start(config).map_err(|e| ControlError::Start(e.to_string()))
+    Ok(net)
 }
 
 /// The profile's mailbox volunteer, keeping up to `mb` megabytes in its
@@ -327,6 +364,24 @@ fn request_json(request: &RequestInfo) -> Value {
         "message": request.message,
         "sent_at": request.sent_at.0,
     })
+}
+
+fn device_json(device: &DeviceInfo) -> Value {
+    json!({
+        "name": device.name,
+        "peer_id": device.peer_id.to_string(),
+        "added_at": device.added_at,
+        "this_device": device.this_device,
+        "online": device.online,
+    })
+}
+
+/// Parses a link code's text and refuses one that has expired by this
+/// device's clock (the new device is the judge; this only fails early).
+pub fn parse_link_code(text: &str) -> Result<LinkCode, ControlError> {
+    let code = LinkCode::parse(text)?;
+    code.check(kith_proto::wire::Timestamp::now().0 / 1000)?;
+    Ok(code)
 }
 
 /// An engine event as JSON.
@@ -466,6 +521,15 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
         Request::SetName { name } => {
             engine.set_name(name.clone()).await?;
             json!({"name": name})
+        }
+        Request::LinkDevice { code, name } => {
+            let code = parse_link_code(code)?;
+            let device = engine.link_device(code, name.clone()).await?;
+            device_json(&device)
+        }
+        Request::Devices => {
+            let devices = engine.devices().await?;
+            Value::Array(devices.iter().map(device_json).collect())
         }
         Request::Subscribe => json!({}),
     })

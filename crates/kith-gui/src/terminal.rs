@@ -3,15 +3,20 @@
 //! for the command, and prints the JSON answer as is (`--json`) or as text.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kith_core::engine::{Engine, Event};
+use kith_proto::link::LinkCode;
 use kith_store::profile::Profile;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::cli::{Cli, CliError, Command, node_options, passphrase_for, print_json};
+use crate::cli::{
+    Cli, CliError, Command, DeviceCommand, node_options, passphrase_for, print_json,
+    read_image_file,
+};
 use crate::control::{self, DaemonClient, Request};
 
 type Events = Box<dyn futures::Stream<Item = Event> + Unpin + Send>;
@@ -144,7 +149,15 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
         Command::Name { name } => Request::SetName {
             name: name.join(" "),
         },
-        Command::Id(_) | Command::Daemon { .. } | Command::Chat { .. } => return Ok(()),
+        Command::Device(DeviceCommand::Add { code, image, name }) => Request::LinkDevice {
+            code: link_code_text(code.as_deref(), image.as_deref())?,
+            name: name.clone(),
+        },
+        Command::Device(DeviceCommand::List) => Request::Devices,
+        Command::Id(_)
+        | Command::Daemon { .. }
+        | Command::Chat { .. }
+        | Command::Device(DeviceCommand::Link { .. }) => return Ok(()),
     };
     precheck(&request)?;
     let mut backend = Backend::open(cli).await?;
@@ -161,6 +174,8 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
         let wait = match command {
             Command::Send { wait, .. } => Duration::from_secs(*wait),
             Command::Add { .. } | Command::Accept { .. } => Duration::from_secs(15),
+            // The new device list goes out to friends and own devices.
+            Command::Device(DeviceCommand::Add { .. }) => Duration::from_secs(5),
             _ => Duration::ZERO,
         };
         if !wait.is_zero() {
@@ -210,9 +225,28 @@ fn precheck(request: &Request) -> Result<(), CliError> {
             kith_proto::KithId::parse(id)?;
         }
         Request::Send { text, .. } | Request::Edit { text, .. } => check_body(text)?,
+        Request::LinkDevice { code, .. } => {
+            control::parse_link_code(code)?;
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// The link code's text, typed or read from a picture of its QR code.
+fn link_code_text(code: Option<&str>, image: Option<&Path>) -> Result<String, CliError> {
+    match (code, image) {
+        (_, Some(path)) => {
+            let bytes = read_image_file(path)?;
+            let code = LinkCode::read_qr_image(&bytes).map_err(|source| CliError::LinkImage {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(code.to_text())
+        }
+        (Some(text), None) => Ok(text.to_owned()),
+        (None, None) => Err(kith_proto::link::LinkCodeError::Empty.into()),
+    }
 }
 
 fn short_id(id: &Value) -> String {
@@ -238,6 +272,32 @@ fn time_text(ms: &Value) -> String {
     let secs = ms / 1000;
     let (h, m) = ((secs / 3600) % 24, (secs / 60) % 60);
     format!("{h:02}:{m:02} UTC")
+}
+
+/// A Unix time in seconds as a UTC date, `YYYY-MM-DD`.
+fn date_text(secs: u64) -> String {
+    let mut days = secs / 86_400;
+    let mut year = 1970u64;
+    loop {
+        let leap =
+            (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
+        let length = if leap { 366 } else { 365 };
+        if days < length {
+            let february = if leap { 29 } else { 28 };
+            let months = [31, february, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let mut month = 1;
+            for length in months {
+                if days < length {
+                    break;
+                }
+                days -= length;
+                month += 1;
+            }
+            return format!("{year:04}-{month:02}-{:02}", days + 1);
+        }
+        days -= length;
+        year += 1;
+    }
 }
 
 fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result<(), CliError> {
@@ -362,7 +422,34 @@ fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result
             "New friends will see you as {}.",
             answer["name"].as_str().unwrap_or("")
         )?,
-        Command::Id(_) | Command::Daemon { .. } | Command::Chat { .. } => {}
+        Command::Device(DeviceCommand::Add { .. }) => writeln!(
+            out,
+            "linked {} ({})",
+            answer["name"].as_str().unwrap_or(""),
+            answer["peer_id"].as_str().unwrap_or("")
+        )?,
+        Command::Device(DeviceCommand::List) => {
+            for d in answer.as_array().cloned().unwrap_or_default() {
+                let mut line = format!(
+                    "{}  {}  added {}",
+                    d["name"].as_str().unwrap_or(""),
+                    d["peer_id"].as_str().unwrap_or(""),
+                    date_text(d["added_at"].as_u64().unwrap_or(0))
+                );
+                if d["this_device"] == true {
+                    line.push_str("  this device");
+                } else if d["online"] == true {
+                    line.push_str("  online");
+                } else {
+                    line.push_str("  offline");
+                }
+                writeln!(out, "{line}")?;
+            }
+        }
+        Command::Id(_)
+        | Command::Daemon { .. }
+        | Command::Chat { .. }
+        | Command::Device(DeviceCommand::Link { .. }) => {}
     }
     Ok(())
 }
@@ -605,4 +692,20 @@ async fn chat_loop(
         .await;
     backend.settle(Duration::from_secs(5)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(date_text(0), "1970-01-01");
+        assert_eq!(date_text(86_399), "1970-01-01");
+        assert_eq!(date_text(951_782_400), "2000-02-29");
+        assert_eq!(date_text(951_868_800), "2000-03-01");
+        assert_eq!(date_text(1_704_067_199), "2023-12-31");
+        assert_eq!(date_text(1_709_164_800), "2024-02-29");
+        assert_eq!(date_text(4_107_542_400), "2100-03-01");
+    }
 }
