@@ -317,6 +317,35 @@ impl User {
         Ok(Proc { child })
     }
 
+    /// Starts `kith --json device link --yes` for this (new) profile;
+    /// returns once it has printed its link code.
+    pub fn device_link(&self) -> anyhow::Result<Linking> {
+        let mut child = self
+            .command()?
+            .args(["--json", "device", "link", "--yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().context("link stdout")?);
+        let stderr = child.stderr.take().context("link stderr")?;
+        let proc = Proc { child };
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let first: Value =
+            serde_json::from_str(&line).with_context(|| format!("device link printed {line:?}"))?;
+        let code = first["code"]
+            .as_str()
+            .with_context(|| format!("no code in {line}"))?
+            .to_owned();
+        Ok(Linking {
+            proc,
+            stdout,
+            stderr,
+            code,
+        })
+    }
+
     /// The profile folder.
     pub fn dir(&self) -> PathBuf {
         self.home.join("profiles").join(&self.name)
@@ -329,6 +358,43 @@ impl User {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         })
+    }
+}
+
+/// A running `kith device link`.
+pub struct Linking {
+    /// The process.
+    pub proc: Proc,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: std::process::ChildStderr,
+    /// The link code it shows, as text.
+    pub code: String,
+}
+
+impl Linking {
+    /// Waits up to `limit` for it to exit; returns its exit status, the
+    /// JSON lines it printed after the code, and its standard error.
+    pub fn finish(mut self, limit: Duration) -> anyhow::Result<(bool, Vec<Value>, String)> {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.proc.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("kith device link did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest)?;
+        let lines = rest
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<Value>, _>>()
+            .with_context(|| format!("device link printed {rest:?}"))?;
+        let mut errors = String::new();
+        self.stderr.read_to_string(&mut errors)?;
+        Ok((status.success(), lines, errors))
     }
 }
 
@@ -370,6 +436,35 @@ pub fn eventually<T>(
         Some(e) => bail!("timed out waiting for {what}; last error: {e:#}"),
         None => bail!("timed out waiting for {what}"),
     }
+}
+
+/// `asker` sends a friend request to `answerer` (whose Kith ID is
+/// `answerer_id`); `answerer` accepts it by `asker_name` (the name the
+/// request shows); returns once `asker` lists `answerer` as a friend.
+/// Both need a running daemon.
+pub fn befriend(
+    asker: &User,
+    answerer: &User,
+    answerer_id: &str,
+    asker_name: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    asker.json(&["add", answerer_id, "hi"])?;
+    eventually(limit, "the friend request to arrive", || {
+        let requests = answerer.json(&["requests"])?;
+        Ok(requests["incoming"]
+            .as_array()
+            .filter(|list| !list.is_empty())
+            .map(|_| ()))
+    })?;
+    answerer.json(&["accept", asker_name])?;
+    eventually(limit, "the acceptance to arrive", || {
+        let friends = asker.json(&["friends"])?;
+        Ok(friends
+            .as_array()
+            .filter(|list| list.iter().any(|f| f["name"] == answerer.name.as_str()))
+            .map(|_| ()))
+    })
 }
 
 /// What a profile holds, to show a failed command changed nothing: every
