@@ -24,6 +24,9 @@ use kith_store::{SledBackend, Store};
 
 use crate::proc::Kithd;
 
+/// Longest two engines may take to become friends.
+pub(crate) const FRIEND_LIMIT: Duration = Duration::from_secs(60);
+
 /// Results of the scenario.
 #[derive(Debug, Clone)]
 pub struct ChatResult {
@@ -74,14 +77,20 @@ pub(crate) async fn next_matching<T>(
     }
 }
 
-/// Makes Alice and Bob friends through the request drop.
+/// Makes Alice and Bob friends through the request drop, within `limit`.
+///
+/// While Alice waits for the acceptance her engine is asked to check for
+/// requests and mail every 5 s: an acceptance that could not be delivered
+/// directly goes to the mailbox, which an idle engine reads only every few
+/// minutes.
 pub(crate) async fn befriend(
     alice: &Engine,
     alice_events: &mut Events,
     bob: &Engine,
+    limit: Duration,
 ) -> anyhow::Result<()> {
     let bob_id = bob.status().await?.id;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
     loop {
         match alice.add(bob_id, "benchmark".into()).await {
             Ok(()) => break,
@@ -101,10 +110,19 @@ pub(crate) async fn befriend(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    next_matching(alice_events, Duration::from_secs(60), |e| {
-        matches!(e, Event::FriendAdded(_)).then_some(())
-    })
-    .await
+    loop {
+        let added = next_matching(alice_events, Duration::from_secs(5), |e| {
+            matches!(e, Event::FriendAdded(_)).then_some(())
+        })
+        .await;
+        if added.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("alice never saw bob's acceptance");
+        }
+        let _ = alice.check_requests().await;
+    }
 }
 
 /// Runs the scenario against a `kithd` binary.
@@ -120,7 +138,7 @@ pub async fn run(
     let (alice, mut alice_events) =
         start_engine(dir.path(), "alice", Identity::generate(), &bootstrap)?;
     let (bob, mut bob_events) = start_engine(dir.path(), "bob", Identity::generate(), &bootstrap)?;
-    befriend(&alice, &mut alice_events, &bob).await?;
+    befriend(&alice, &mut alice_events, &bob, FRIEND_LIMIT).await?;
     let alice_key = alice.account();
     let bob_key = bob.account();
 

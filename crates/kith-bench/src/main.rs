@@ -2,9 +2,10 @@
 //! scenario, prints JSON lines.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kith_bench::{chat, connect, emit, offline, percentile, proc};
+use kith_bench::{chat, connect, dht, emit, emit_percentiles, idle, memory, offline, proc};
 
 /// Kith benchmarks; one JSON object per metric on standard output.
 #[derive(Debug, Parser)]
@@ -53,6 +54,68 @@ enum Scenario {
         #[arg(long, value_name = "PATH")]
         kithd: Option<PathBuf>,
     },
+    /// An in-process network of kith-net nodes on the memory transport
+    /// (DHT servers and clients that publish their presence): presence
+    /// lookups of random clients by random clients while a share of the
+    /// nodes leaves.
+    Dht {
+        /// Nodes in all, DHT servers and clients.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// How many of the nodes are DHT servers (what kithd runs); the
+        /// rest are clients (default: a tenth of the nodes, at least 3).
+        #[arg(long)]
+        servers: Option<usize>,
+        /// Lookups, one after another.
+        #[arg(long, default_value_t = 500)]
+        lookups: usize,
+        /// Share of the nodes that leaves during the lookups, spread
+        /// evenly over them.
+        #[arg(long, default_value_t = 0.2)]
+        churn: f64,
+        /// Seed of the random choices (which nodes bootstrap from which,
+        /// who looks up whom, who leaves).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Resident memory of one idle client (`kith daemon`) and of one idle
+    /// kithd, each in its own process, after a warm-up.
+    Memory {
+        /// Seconds to let both settle before measuring.
+        #[arg(long, default_value_t = 20)]
+        warmup: u64,
+        /// Seconds to sample (once a second; the largest reading counts).
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// The kithd binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kithd: Option<PathBuf>,
+        /// The kith binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kith: Option<PathBuf>,
+    },
+    /// Client engines in pairs of friends and one kithd on loopback,
+    /// nothing sent: traffic and CPU per client and minute.
+    Idle {
+        /// Client engines (an even number: they are friends in pairs).
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Seconds between making friends and measuring; past the 120 s
+        /// idle-connection timeout, connections opened while making friends
+        /// have closed.
+        #[arg(long, default_value_t = 150)]
+        warmup: u64,
+        /// Seconds between polls of each client's request drop (default:
+        /// the engine's, 60 s), to see what the polls cost.
+        #[arg(long, value_name = "SECS")]
+        request_poll: Option<u64>,
+        /// The kithd binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kithd: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,11 +131,12 @@ fn main() -> anyhow::Result<()> {
             let binary = proc::kithd_binary(kithd)?;
             let result = runtime.block_on(connect::run(&binary, runs))?;
             let samples = &result.samples_ms;
-            for (metric, p) in [("p50_ms", 50.0), ("p99_ms", 99.0)] {
-                if let Some(value) = percentile(samples, p) {
-                    emit(&mut out, "connect", metric, value)?;
-                }
-            }
+            emit_percentiles(
+                &mut out,
+                "connect",
+                samples,
+                &[("p50_ms", 50.0), ("p99_ms", 99.0)],
+            )?;
             emit(
                 &mut out,
                 "connect",
@@ -90,11 +154,12 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(messages >= 1000, "--messages must be at least 1000");
             let binary = proc::kithd_binary(kithd)?;
             let result = runtime.block_on(chat::run(&binary, rounds, messages))?;
-            for (metric, p) in [("rtt_p50_ms", 50.0), ("rtt_p99_ms", 99.0)] {
-                if let Some(value) = percentile(&result.rtt_ms, p) {
-                    emit(&mut out, "chat", metric, value)?;
-                }
-            }
+            emit_percentiles(
+                &mut out,
+                "chat",
+                &result.rtt_ms,
+                &[("rtt_p50_ms", 50.0), ("rtt_p99_ms", 99.0)],
+            )?;
             emit(&mut out, "chat", "msgs_per_s", result.msgs_per_s)?;
             emit(&mut out, "chat", "runs", result.rtt_ms.len() as f64)?;
         }
@@ -107,11 +172,12 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(messages > 0, "--messages must be at least 1");
             let binary = proc::kithd_binary(kithd)?;
             let result = runtime.block_on(offline::run(&binary, runs, messages))?;
-            for (metric, p) in [("deliver_ms_p50", 50.0), ("deliver_ms_max", 100.0)] {
-                if let Some(value) = percentile(&result.deliver_ms, p) {
-                    emit(&mut out, "offline", metric, value)?;
-                }
-            }
+            emit_percentiles(
+                &mut out,
+                "offline",
+                &result.deliver_ms,
+                &[("deliver_ms_p50", 50.0), ("deliver_ms_max", 100.0)],
+            )?;
             emit(
                 &mut out,
                 "offline",
@@ -119,6 +185,139 @@ fn main() -> anyhow::Result<()> {
                 result.delivered_ratio,
             )?;
             emit(&mut out, "offline", "runs", result.deliver_ms.len() as f64)?;
+        }
+        Scenario::Dht {
+            nodes,
+            servers,
+            lookups,
+            churn,
+            seed,
+        } => {
+            anyhow::ensure!(lookups > 0, "--lookups must be at least 1");
+            anyhow::ensure!((0.0..1.0).contains(&churn), "--churn must be in [0, 1)");
+            let params = dht::DhtParams {
+                nodes,
+                servers: servers.unwrap_or((nodes / 10).max(3)),
+                lookups,
+                churn,
+                seed,
+            };
+            let result = runtime.block_on(dht::run(&params))?;
+            let runs = result.lookup_ms.len() as f64;
+            emit(&mut out, "dht", "nodes", nodes as f64)?;
+            emit(&mut out, "dht", "servers", params.servers as f64)?;
+            emit(&mut out, "dht", "departed", result.departed as f64)?;
+            emit(
+                &mut out,
+                "dht",
+                "success_ratio",
+                result.successes as f64 / runs,
+            )?;
+            emit_percentiles(
+                &mut out,
+                "dht",
+                &result.lookup_ms,
+                &[("lookup_p50_ms", 50.0), ("lookup_p99_ms", 99.0)],
+            )?;
+            emit_percentiles(
+                &mut out,
+                "dht",
+                &result.peers_asked,
+                &[("peers_asked_p50", 50.0), ("peers_asked_p99", 99.0)],
+            )?;
+            // The process's memory before the first node started (runtime,
+            // binary) is no node's.
+            emit(
+                &mut out,
+                "dht",
+                "rss_kb_per_node",
+                result.rss_kb.saturating_sub(result.rss_kb_before) as f64 / nodes as f64,
+            )?;
+            emit(&mut out, "dht", "rss_kb", result.rss_kb as f64)?;
+            emit(
+                &mut out,
+                "dht",
+                "rss_kb_before_nodes",
+                result.rss_kb_before as f64,
+            )?;
+            emit(&mut out, "dht", "settle_s", result.settle_s)?;
+            emit(
+                &mut out,
+                "dht",
+                "join_requests_per_node",
+                result.join_requests / nodes as f64,
+            )?;
+            emit(&mut out, "dht", "runs", runs)?;
+        }
+        Scenario::Memory {
+            warmup,
+            secs,
+            kithd,
+            kith,
+        } => {
+            let kithd = proc::kithd_binary(kithd)?;
+            let kith = proc::kith_binary(kith)?;
+            let result = runtime.block_on(memory::run(
+                &kithd,
+                &kith,
+                Duration::from_secs(warmup),
+                secs,
+            ))?;
+            for (who, memory) in [("client", result.client), ("kithd", result.kithd)] {
+                for (what, kb) in [
+                    ("rss_kb", memory.rss_kb),
+                    ("rss_anon_kb", memory.anon_kb),
+                    ("rss_file_kb", memory.file_kb),
+                    ("peak_rss_kb", memory.peak_kb),
+                ] {
+                    emit(&mut out, "memory", &format!("{who}_{what}"), kb as f64)?;
+                }
+            }
+            emit(&mut out, "memory", "runs", 1.0)?;
+        }
+        Scenario::Idle {
+            nodes,
+            secs,
+            warmup,
+            request_poll,
+            kithd,
+        } => {
+            anyhow::ensure!(secs > 0, "--secs must be at least 1");
+            let binary = proc::kithd_binary(kithd)?;
+            let result = runtime.block_on(idle::run(
+                &binary,
+                nodes,
+                Duration::from_secs(warmup),
+                secs,
+                request_poll.map(Duration::from_secs),
+            ))?;
+            let per_node_min = |total: f64| total / nodes as f64 * 60.0 / result.window_s;
+            let per_min = |total: f64| total * 60.0 / result.window_s;
+            for (metric, value) in [
+                ("bytes_per_node_per_min", per_node_min(result.bytes_sent)),
+                (
+                    "bytes_received_per_node_per_min",
+                    per_node_min(result.bytes_received),
+                ),
+                ("packets_per_node_per_min", per_node_min(result.segs_out)),
+                (
+                    "wire_bytes_per_node_per_min",
+                    per_node_min(result.wire_bytes_sent()),
+                ),
+                (
+                    "bytes_to_kithd_per_node_per_min",
+                    per_node_min(result.bytes_to_kithd),
+                ),
+                ("cpu_ms_per_node_per_min", per_node_min(result.cpu_ms)),
+                ("kithd_bytes_per_min", per_min(result.kithd_bytes_sent)),
+                ("kithd_packets_per_min", per_min(result.kithd_segs_out)),
+                ("kithd_cpu_ms_per_min", per_min(result.kithd_cpu_ms)),
+                ("connections_per_node", result.connections),
+                ("window_s", result.window_s),
+            ] {
+                emit(&mut out, "idle", metric, value)?;
+            }
+            emit(&mut out, "idle", "runs", 1.0)?;
         }
     }
     Ok(())

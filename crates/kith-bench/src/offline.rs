@@ -19,7 +19,7 @@ use kith_core::engine::{Event, MessageState};
 use kith_core::history::Author;
 use kith_store::profile::Identity;
 
-use crate::chat::{befriend, start_engine};
+use crate::chat::{FRIEND_LIMIT, befriend, start_engine};
 use crate::proc::Kithd;
 
 /// Results of the scenario.
@@ -59,7 +59,7 @@ async fn run_once(
     let (alice, mut alice_events) =
         start_engine(dir.path(), "alice", alice_identity.clone(), &bootstrap)?;
     let (bob, _bob_events) = start_engine(dir.path(), "bob", bob_identity.clone(), &bootstrap)?;
-    befriend(&alice, &mut alice_events, &bob).await?;
+    befriend(&alice, &mut alice_events, &bob, FRIEND_LIMIT).await?;
     let alice_key = alice.account();
     let bob_key = bob.account();
     // Bob's acceptance must have reached Alice before he goes.

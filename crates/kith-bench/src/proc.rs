@@ -1,4 +1,5 @@
-//! Running `kithd` as a child process and reading its memory use.
+//! Running `kithd` and `kith daemon` as child processes, and reading
+//! memory and CPU use of processes from `/proc` (Linux).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ impl Kithd {
         for addr in bootstrap {
             command.arg("--bootstrap").arg(addr.to_string());
         }
-        let mut child = command
+        let child = command
             .arg("--data-dir")
             .arg(data.path())
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-metrics"])
@@ -38,23 +39,31 @@ impl Kithd {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let stdout = child.stdout.take().context("kithd stdout")?;
+        // Killed on every early return from here on.
+        let mut node = Self {
+            child,
+            addrs: Vec::new(),
+            _data: data,
+        };
+        let stdout = node.child.stdout.take().context("kithd stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let addr: Multiaddr = line
             .trim()
             .parse()
             .with_context(|| format!("kithd printed {line:?}, not an address"))?;
-        Ok(Self {
-            child,
-            addrs: vec![addr],
-            _data: data,
-        })
+        node.addrs.push(addr);
+        Ok(node)
     }
 
     /// Resident memory of the process, in KiB.
     pub fn rss_kb(&self) -> anyhow::Result<u64> {
         rss_kb(self.child.id())
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -65,33 +74,208 @@ impl Drop for Kithd {
     }
 }
 
+/// A running `kith daemon` (a client with its engine) on a fresh profile
+/// in a temporary `KITH_HOME`, killed when dropped.
+pub struct KithDaemon {
+    child: Child,
+    _home: tempfile::TempDir,
+}
+
+impl KithDaemon {
+    /// Creates an identity with `binary id new`, then starts `binary
+    /// daemon` bootstrapping from `bootstrap` and listening on TCP and QUIC
+    /// on 127.0.0.1 (a desktop client's default transports, loopback only).
+    /// Returns once the daemon says it is running.
+    pub fn start(binary: &Path, bootstrap: &[Multiaddr]) -> anyhow::Result<Self> {
+        let home = tempfile::tempdir()?;
+        let status = Command::new(binary)
+            .env("KITH_HOME", home.path())
+            .args(["--profile", "bench", "--json", "id", "new"])
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        if !status.success() {
+            bail!("`kith id new` failed: {status}");
+        }
+        let mut command = Command::new(binary);
+        for addr in bootstrap {
+            command.arg("--bootstrap").arg(addr.to_string());
+        }
+        let child = command
+            .env("KITH_HOME", home.path())
+            .args(["--profile", "bench", "--json"])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+            .arg("daemon")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        // Killed on every early return from here on.
+        let mut daemon = Self { child, _home: home };
+        let stdout = daemon.child.stdout.take().context("kith daemon stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .context("kith daemon ended before saying it runs")??;
+        let started: serde_json::Value = serde_json::from_str(line.trim())
+            .with_context(|| format!("kith daemon printed {line:?}"))?;
+        if started.get("daemon").is_none() {
+            bail!("kith daemon printed {line:?}, not its start line");
+        }
+        // Keep reading what it prints (events), so that it never writes
+        // into a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(daemon)
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for KithDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` of this process, in KiB.
+pub fn self_rss_kb() -> anyhow::Result<u64> {
+    rss_kb(std::process::id())
+}
+
 /// `VmRSS` of process `pid`, in KiB (Linux).
 pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    status_kb(pid, "VmRSS")
+}
+
+/// `VmHWM` of process `pid`: the most resident memory it has had, in KiB.
+pub fn peak_rss_kb(pid: u32) -> anyhow::Result<u64> {
+    status_kb(pid, "VmHWM")
+}
+
+/// A `kB` field of `/proc/PID/status`, such as `VmRSS`, `RssAnon` (heap
+/// and stacks) or `RssFile` (mapped files: mostly the binary's code).
+pub fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading /proc (RSS is measured on Linux)")?;
+        .context("reading /proc (memory is measured on Linux)")?;
     for line in status.lines() {
-        if let Some(rest) = line.strip_prefix("VmRSS:") {
+        if let Some(rest) = line
+            .strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+        {
             let kb = rest.trim().trim_end_matches("kB").trim();
-            return kb.parse().context("parsing VmRSS");
+            return kb.parse().with_context(|| format!("parsing {field}"));
         }
     }
-    bail!("no VmRSS line for process {pid}")
+    bail!("no {field} line for process {pid}")
+}
+
+/// CPU time process `pid` has used, user and system together, in
+/// milliseconds (from `/proc/PID/stat`; the clock tick is 10 ms on Linux
+/// with the usual `CLK_TCK` of 100).
+pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .context("reading /proc (CPU time is measured on Linux)")?;
+    // The command name may hold spaces and parentheses: fields are counted
+    // from the last ')', where field 3 (the state) starts.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index)
+            .context("short /proc stat")?
+            .parse::<u64>()
+            .context("parsing /proc stat")
+    };
+    // utime is field 14 and stime field 15: indices 11 and 12 from the state.
+    let total = ticks(11)? + ticks(12)?;
+    Ok(total as f64 * 1000.0 / clock_ticks_per_sec() as f64)
+}
+
+/// `CLK_TCK`, from `getconf` (100 when that is not available).
+fn clock_ticks_per_sec() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&ticks| ticks > 0)
+            .unwrap_or(100)
+    })
 }
 
 /// The `kithd` next to this executable (both come from the same `cargo
 /// build`), unless `explicit` names one.
 pub fn kithd_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    sibling_binary("kithd", "kith-node", explicit)
+}
+
+/// The `kith` command-line client next to this executable, unless
+/// `explicit` names one.
+pub fn kith_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    sibling_binary("kith", "kith-gui", explicit)
+}
+
+fn sibling_binary(name: &str, package: &str, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path);
     }
     let here = std::env::current_exe()?;
-    let sibling = here.with_file_name(format!("kithd{}", std::env::consts::EXE_SUFFIX));
+    let sibling = here.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if sibling.exists() {
         Ok(sibling)
     } else {
         bail!(
-            "no kithd beside {}; build it with `cargo build --release -p kith-node` or pass --kithd PATH",
+            "no {name} beside {}; build it with `cargo build --release -p {package}` or pass --{name} PATH",
             here.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_parts_add_up_to_the_total() {
+        let me = std::process::id();
+        // The kernel reads the three parts from one set of counters, but a
+        // page may come or go between two reads: allow a little slack.
+        let parts = status_kb(me, "RssAnon").unwrap()
+            + status_kb(me, "RssFile").unwrap()
+            + status_kb(me, "RssShmem").unwrap();
+        let total = rss_kb(me).unwrap();
+        assert!(total > 0);
+        assert!(
+            parts.abs_diff(total) <= 256,
+            "{parts} KiB of parts, {total} KiB in all"
+        );
+        assert!(peak_rss_kb(me).unwrap() + 256 >= total);
+        // A field name must match whole, up to its colon.
+        assert!(status_kb(me, "VmRS").is_err());
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let me = std::process::id();
+        let before = cpu_ms(me).unwrap();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let used = cpu_ms(me).unwrap() - before;
+        // At least a third of the 300 ms on the CPU, even on a busy machine.
+        assert!(used >= 100.0, "{used} ms");
     }
 }

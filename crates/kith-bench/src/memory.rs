@@ -1,0 +1,79 @@
+//! `memory`: resident memory of one idle client and of one idle `kithd`,
+//! each in a process of its own so that nothing else shares the figure.
+//!
+//! A fresh `kithd` starts on 127.0.0.1 (TCP); then a `kith daemon`, the
+//! `kith` binary beside `kith-bench`, with a new identity in a temporary
+//! `KITH_HOME`, bootstrapping from it and listening on TCP and QUIC on
+//! 127.0.0.1 as a desktop client does on every interface. After
+//! `--warmup` seconds, by when the client has joined the DHT, published its
+//! presence, polled its request drop and fetched its mail, both processes'
+//! `VmRSS` is read once a second for `--secs` seconds. The largest reading
+//! of each is reported, split into anonymous memory (heap, stacks) and
+//! mapped files (mostly the binary's code, shared with any other process
+//! running it) as of the last reading, and each process's peak since it
+//! started (`VmHWM`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::proc::{KithDaemon, Kithd, peak_rss_kb, rss_kb, status_kb};
+
+/// Memory of one process, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessMemory {
+    /// Largest RSS over the sampling window.
+    pub rss_kb: u64,
+    /// Anonymous part of the RSS at the last reading.
+    pub anon_kb: u64,
+    /// File-backed part of the RSS at the last reading.
+    pub file_kb: u64,
+    /// Peak RSS since the process started.
+    pub peak_kb: u64,
+}
+
+impl ProcessMemory {
+    fn sample(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.rss_kb = self.rss_kb.max(rss_kb(pid)?);
+        self.anon_kb = status_kb(pid, "RssAnon")?;
+        self.file_kb = status_kb(pid, "RssFile")?;
+        Ok(())
+    }
+}
+
+/// Results of the scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryResult {
+    /// The `kith daemon`.
+    pub client: ProcessMemory,
+    /// The `kithd`.
+    pub kithd: ProcessMemory,
+}
+
+/// Runs the scenario with the `kithd` and `kith` binaries given.
+pub async fn run(
+    kithd: &Path,
+    kith: &Path,
+    warmup: Duration,
+    secs: u64,
+) -> anyhow::Result<MemoryResult> {
+    let node = Kithd::start(kithd)?;
+    let bootstrap = node.addrs.first().context("kithd address")?.clone();
+    let client = KithDaemon::start(kith, &[bootstrap])?;
+    tokio::time::sleep(warmup).await;
+    let mut result = MemoryResult {
+        client: ProcessMemory::default(),
+        kithd: ProcessMemory::default(),
+    };
+    for second in 0..secs.max(1) {
+        if second > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        result.client.sample(client.pid())?;
+        result.kithd.sample(node.pid())?;
+    }
+    result.client.peak_kb = peak_rss_kb(client.pid())?;
+    result.kithd.peak_kb = peak_rss_kb(node.pid())?;
+    Ok(result)
+}
