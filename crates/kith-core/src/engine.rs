@@ -420,6 +420,10 @@ enum Command {
         reply: Reply<DeviceInfo>,
     },
     Devices(Reply<Vec<DeviceInfo>>),
+    RemoveDevice {
+        query: String,
+        reply: Reply<DeviceInfo>,
+    },
     Shutdown(Reply<()>),
 }
 
@@ -641,6 +645,15 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Removes a device (by name, or the start of its peer ID) from the
+    /// account: the next signed list leaves it off and goes to friends and
+    /// the other devices, which then send it nothing new and take nothing
+    /// from it. This device cannot remove itself.
+    pub async fn remove_device(&self, query: String) -> Result<DeviceInfo, EngineError> {
+        self.ask(|reply| Command::RemoveDevice { query, reply })
+            .await
     }
 
     /// The account's devices, as its newest device list names them.

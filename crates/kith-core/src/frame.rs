@@ -223,6 +223,94 @@ pub fn decode_response(bytes: &[u8], items: usize) -> Result<Vec<Ack>, FrameErro
     Ok(acks)
 }
 
+/// First byte of a sync frame between two devices of one account
+/// (`docs/sync.md`, "Exchange between devices"): `'S'`, which no message
+/// frame (version byte 1) or link frame (`'L'`) starts with. The second
+/// byte is [`FRAME_VERSION`].
+pub const SYNC_TAG: u8 = 0x53;
+/// Most bytes of ops one sync request carries, leaving room under
+/// [`MAX_REQUEST_BYTES`] for the device list and version vector.
+pub const SYNC_BATCH_BYTES: usize = 960 * 1024;
+
+/// One device of an account pushing to another: its device list, what it
+/// holds, and ops the other lacks (possibly none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The sender's newest signed device list (encoded).
+    pub list: Vec<u8>,
+    /// The sender's version vector (encoded), after the ops below.
+    pub held: Vec<u8>,
+    /// An encoded op batch, or empty.
+    pub batch: Vec<u8>,
+}
+
+/// The answer to a [`SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Taken in and stored; what the receiver now holds (encoded version
+    /// vector).
+    Held(Vec<u8>),
+    /// Not taken.
+    Refused(SyncRefusal),
+}
+
+/// Why a device did not take a sync request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRefusal {
+    /// The sender is not on the receiver's newest device list (it was
+    /// removed, or the lists differ in account).
+    NotListed,
+    /// The request did not decode.
+    Unreadable,
+    /// The receiver could not store it now; try later.
+    Busy,
+}
+
+/// Whether `bytes` is a sync frame.
+pub fn is_sync_frame(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&SYNC_TAG)
+}
+
+fn encode_tagged<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![SYNC_TAG, FRAME_VERSION]).unwrap_or_default()
+}
+
+fn decode_tagged<T: for<'de> Deserialize<'de>>(bytes: &[u8], max: usize) -> Result<T, FrameError> {
+    if bytes.len() > max {
+        return Err(FrameError::TooLarge {
+            found: bytes.len(),
+            max,
+        });
+    }
+    match bytes.split_first() {
+        Some((&SYNC_TAG, rest)) => decode(rest, max),
+        Some((&other, _)) => Err(FrameError::Malformed(format!(
+            "not a sync frame (first byte {other:#04x})"
+        ))),
+        None => Err(FrameError::Malformed("empty".into())),
+    }
+}
+
+/// Encodes a sync request.
+pub fn encode_sync_request(request: &SyncRequest) -> Vec<u8> {
+    encode_tagged(request)
+}
+
+/// Decodes a sync request.
+pub fn decode_sync_request(bytes: &[u8]) -> Result<SyncRequest, FrameError> {
+    decode_tagged(bytes, MAX_REQUEST_BYTES)
+}
+
+/// Encodes a sync response.
+pub fn encode_sync_response(response: &SyncResponse) -> Vec<u8> {
+    encode_tagged(response)
+}
+
+/// Decodes a sync response.
+pub fn decode_sync_response(bytes: &[u8]) -> Result<SyncResponse, FrameError> {
+    decode_tagged(bytes, MAX_RESPONSE_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +388,36 @@ mod tests {
             decode_response(&acks, 2),
             Err(FrameError::ItemCount { found: 1 })
         );
+    }
+
+    #[test]
+    fn sync_frames_round_trip_and_stay_apart_from_messages() {
+        let request = SyncRequest {
+            list: vec![1; 40],
+            held: vec![2; 10],
+            batch: vec![3; 1000],
+        };
+        let bytes = encode_sync_request(&request);
+        assert!(is_sync_frame(&bytes));
+        assert_eq!(decode_sync_request(&bytes).unwrap(), request);
+        // Neither kind of frame reads as the other.
+        assert!(decode_request(&bytes).is_err());
+        assert!(decode_sync_request(&encode_request(&[Item::Sealed(vec![1])])).is_err());
+        for response in [
+            SyncResponse::Held(vec![9; 20]),
+            SyncResponse::Refused(SyncRefusal::NotListed),
+        ] {
+            let bytes = encode_sync_response(&response);
+            assert_eq!(decode_sync_response(&bytes).unwrap(), response);
+            assert!(decode_sync_response(&bytes[..bytes.len() - 1]).is_err());
+        }
+        let mut big = vec![SYNC_TAG, FRAME_VERSION];
+        big.resize(MAX_REQUEST_BYTES + 1, 0);
+        assert!(matches!(
+            decode_sync_request(&big),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(decode_sync_request(&[]).is_err());
+        assert!(decode_sync_request(&[SYNC_TAG]).is_err());
     }
 }

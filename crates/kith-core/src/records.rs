@@ -31,6 +31,16 @@ pub(crate) const WITNESS: &str = "witness";
 pub(crate) const REQUEST_ITEMS: &str = "request-items";
 /// The op log: key = the store's opaque ID of the device (16) ‖ counter
 /// (8, big-endian); value = the op as `kith_sync` encodes it.
+/// Each friend's newest verified signed device list: key = friend (16),
+/// value = the list's own encoding.
+pub(crate) const FRIEND_LISTS: &str = "friend-lists";
+/// Which of a friend's devices stored an outbox item already, while
+/// others have not: key = outbox key (24) ‖ device PeerId bytes, value
+/// `()`.
+pub(crate) const OUTBOX_ACKS: &str = "outbox-acks";
+/// Key in [`SETTINGS`] of the sequence number of the device list last
+/// queued for friends.
+pub(crate) const LIST_PUSHED: &[u8] = b"list-pushed";
 pub(crate) const OPS: &str = "sync-ops";
 /// Batches of ops waiting to be taken in (from linking): key = 8-byte
 /// sequence, value = an encoded batch.

@@ -68,6 +68,48 @@ async fn accept_first_offer(
     (identity, backend)
 }
 
+/// Links a new device ("desktop") to `alice`'s account and starts its
+/// engine on what it was handed.
+async fn link_desktop(alice: &Engine, addrs: &[Multiaddr]) -> (Engine, Events) {
+    let desktop_key = DeviceKeypair::generate();
+    let joining = join::start(join_config(&desktop_key, addrs)).await.unwrap();
+    let code = joining.code().clone();
+    let new_side = tokio::spawn(accept_first_offer(joining, "alice"));
+    let linked = alice
+        .link_device(code, Some("desktop".into()))
+        .await
+        .expect("linked");
+    assert_eq!(linked.name, "desktop");
+    assert_eq!(linked.peer_id, desktop_key.peer_id());
+    let (identity, backend) = new_side.await.unwrap();
+    assert_eq!(identity.account.public(), alice.account());
+    let devices = alice.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    assert!(devices.iter().any(|d| d.this_device));
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.name == "desktop" && !d.this_device)
+    );
+    start_linked(identity, backend, addrs)
+}
+
+fn start_linked(
+    identity: Identity,
+    backend: Arc<MemoryBackend>,
+    addrs: &[Multiaddr],
+) -> (Engine, Events) {
+    let store_backend: Arc<dyn Backend> = backend;
+    let store = Store::open(store_backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
+    let mut net = join_config(&identity.device, addrs);
+    net.timers.kad_query_timeout = Duration::from_secs(10);
+    let mut config = kith_core::engine::Config::new(identity, store, net);
+    config.retry_min = Duration::from_millis(100);
+    config.retry_max = Duration::from_secs(2);
+    let (engine, events) = kith_core::engine::start(config).unwrap();
+    (engine, Box::pin(events))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_shows_the_same_friends_history_and_read_state() {
     let (_nodes, addrs) = start_nodes(2).await;
@@ -113,37 +155,7 @@ async fn a_linked_device_shows_the_same_friends_history_and_read_state() {
     })
     .await;
 
-    let desktop_key = DeviceKeypair::generate();
-    let joining = join::start(join_config(&desktop_key, &addrs))
-        .await
-        .unwrap();
-    let code = joining.code().clone();
-    let new_side = tokio::spawn(accept_first_offer(joining, "alice"));
-    let linked = alice
-        .link_device(code, Some("desktop".into()))
-        .await
-        .expect("linked");
-    assert_eq!(linked.name, "desktop");
-    assert_eq!(linked.peer_id, desktop_key.peer_id());
-    let (identity, backend) = new_side.await.unwrap();
-    assert_eq!(identity.account.public(), alice.account());
-
-    let devices = alice.devices().await.unwrap();
-    assert_eq!(devices.len(), 2);
-    assert!(devices.iter().any(|d| d.this_device));
-    assert!(
-        devices
-            .iter()
-            .any(|d| d.name == "desktop" && !d.this_device)
-    );
-
-    // The new device starts on what it was handed.
-    let store_backend: Arc<dyn Backend> = backend;
-    let store = Store::open(store_backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
-    let mut net = join_config(&identity.device, &addrs);
-    net.timers.kad_query_timeout = Duration::from_secs(10);
-    let config = kith_core::engine::Config::new(identity, store, net);
-    let (desktop, _desktop_events) = kith_core::engine::start(config).unwrap();
+    let (desktop, _desktop_events) = link_desktop(&alice, &addrs).await;
 
     assert_eq!(desktop.account(), alice.account());
     assert_eq!(
@@ -209,5 +221,201 @@ async fn a_wrong_or_expired_code_changes_nothing() {
     assert!(
         !new_side.await.unwrap(),
         "no offer may come from a wrong secret"
+    );
+}
+
+/// What a friend's conversation shows, by body, in order.
+async fn bodies(engine: &Engine, friend: &kith_proto::AccountPublicKey) -> Vec<String> {
+    engine
+        .history(*friend, None, 100)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.body)
+        .collect()
+}
+
+async fn shows(engine: &Engine, friend: &kith_proto::AccountPublicKey, body: &str) {
+    eventually(|| async {
+        bodies(engine, friend)
+            .await
+            .iter()
+            .any(|b| b == body)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Alice on her laptop and Bob, friends, and Alice's desktop linked.
+struct Linked {
+    _nodes: Vec<kith_net::Client>,
+    addrs: Vec<Multiaddr>,
+    laptop: Device,
+    alice: Engine,
+    alice_events: Events,
+    bob_engine: Engine,
+    _bob_events: Events,
+    desktop: Engine,
+    _desktop_events: Events,
+}
+
+async fn linked() -> Linked {
+    let (nodes, addrs) = start_nodes(2).await;
+    let laptop = Device::new("alice");
+    let bob = Device::new("bob");
+    let (alice, mut alice_events) = laptop.start(&addrs);
+    let (bob_engine, bob_events) = bob.start(&addrs);
+    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let (desktop, desktop_events) = link_desktop(&alice, &addrs).await;
+    Linked {
+        _nodes: nodes,
+        addrs,
+        laptop,
+        alice,
+        alice_events,
+        bob_engine,
+        _bob_events: bob_events,
+        desktop,
+        _desktop_events: desktop_events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_devices_keep_in_step_and_friends_reach_each() {
+    // Every field is bound: one left to `..` would be dropped here.
+    let Linked {
+        _nodes,
+        addrs,
+        laptop,
+        alice,
+        alice_events,
+        bob_engine,
+        _bob_events,
+        desktop,
+        _desktop_events,
+    } = linked().await;
+    let bob_account = bob_engine.account();
+
+    // Bob writes: both of Alice's devices show it.
+    bob_engine
+        .send(alice.account(), "to both".into())
+        .await
+        .unwrap();
+    shows(&alice, &bob_account, "to both").await;
+    shows(&desktop, &bob_account, "to both").await;
+
+    // The desktop answers: Bob accepts it from a device he learnt of from
+    // Alice's list, and the laptop shows it as sent elsewhere.
+    desktop
+        .send(bob_account, "from the desktop".into())
+        .await
+        .unwrap();
+    shows(&bob_engine, &alice.account(), "from the desktop").await;
+    shows(&alice, &bob_account, "from the desktop").await;
+    let on_laptop = alice.history(bob_account, None, 100).await.unwrap();
+    let synced = on_laptop
+        .messages
+        .iter()
+        .find(|m| m.body == "from the desktop")
+        .unwrap();
+    assert_eq!(synced.author, kith_core::history::Author::Me);
+    assert!(synced.state.is_some());
+
+    // Read on one device, read on both.
+    assert!(desktop.mark_read(bob_account).await.unwrap() >= 1);
+    eventually(|| async {
+        let friends = alice.friends().await.unwrap();
+        (friends[0].unread == 0).then_some(())
+    })
+    .await;
+
+    // The laptop is off; Bob writes; the desktop gets it directly; the
+    // laptop, back, gets it from the desktop.
+    alice.shutdown().await.unwrap();
+    drop(alice);
+    drop(alice_events);
+    bob_engine
+        .send(desktop.account(), "while the laptop sleeps".into())
+        .await
+        .unwrap();
+    shows(&desktop, &bob_account, "while the laptop sleeps").await;
+    let (alice, _alice_events) = laptop.start(&addrs);
+    shows(&alice, &bob_account, "while the laptop sleeps").await;
+    assert_eq!(
+        bodies(&alice, &bob_account).await,
+        bodies(&desktop, &bob_account).await,
+        "both devices show the same conversation in the same order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_gets_nothing_new() {
+    // Every field is bound: one left to `..` would be dropped here.
+    let Linked {
+        _nodes,
+        addrs: _,
+        laptop: _laptop,
+        alice,
+        alice_events: _alice_events,
+        bob_engine,
+        _bob_events,
+        desktop,
+        _desktop_events,
+    } = linked().await;
+    let bob_account = bob_engine.account();
+    bob_engine
+        .send(alice.account(), "before".into())
+        .await
+        .unwrap();
+    shows(&desktop, &bob_account, "before").await;
+
+    let err = alice
+        .remove_device("alice-laptop-does-not-exist".into())
+        .await;
+    assert!(err.is_err());
+    let this = alice
+        .devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.this_device)
+        .unwrap();
+    let err = alice.remove_device(this.name.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("cannot remove itself"), "{err}");
+    let removed = alice.remove_device("desktop".into()).await.unwrap();
+    assert_eq!(removed.name, "desktop");
+    assert_eq!(alice.devices().await.unwrap().len(), 1);
+
+    // The new list goes to Bob ahead of this message.
+    alice.send(bob_account, "removed it".into()).await.unwrap();
+    shows(&bob_engine, &alice.account(), "removed it").await;
+    bob_engine
+        .send(alice.account(), "after".into())
+        .await
+        .unwrap();
+    desktop
+        .send(bob_account, "from the removed device".into())
+        .await
+        .unwrap();
+    shows(&alice, &bob_account, "after").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !bodies(&desktop, &bob_account)
+            .await
+            .contains(&"after".to_string()),
+        "the removed device got a message sent after its removal"
+    );
+    assert!(
+        !bodies(&bob_engine, &alice.account())
+            .await
+            .contains(&"from the removed device".to_string()),
+        "a friend took a message from a removed device"
+    );
+    assert!(
+        !bodies(&alice, &bob_account)
+            .await
+            .contains(&"from the removed device".to_string()),
+        "the account's devices took ops from a removed device"
     );
 }

@@ -217,6 +217,13 @@ pub enum Payload {
     Edit(Edit),
     /// A deletion of an earlier message.
     Delete(Delete),
+    /// The sender's account's newest signed device list, encoded
+    /// ([`crate::devices::SignedDeviceList`], at most
+    /// [`crate::devices::MAX_LIST_BYTES`]): sent to friends when a device
+    /// is linked or removed, so they deliver to (and accept from) exactly
+    /// the listed devices. Appended last: variant indexes are the wire
+    /// form.
+    Devices(Vec<u8>),
 }
 
 /// A field that breaks its limit.
@@ -448,6 +455,14 @@ impl Payload {
             Payload::FriendAccept(a) => a.validate(),
             Payload::Edit(e) => e.validate(),
             Payload::Typing(_) | Payload::Delete(_) => Ok(()),
+            Payload::Devices(list) if list.len() > crate::devices::MAX_LIST_BYTES => {
+                Err(FieldError::TooLong {
+                    field: "device list",
+                    found: list.len(),
+                    max: crate::devices::MAX_LIST_BYTES,
+                })
+            }
+            Payload::Devices(_) => Ok(()),
         }
     }
 

@@ -8,8 +8,10 @@
 //! them are answered together. Then every friend with outbox items and a
 //! device ready is pumped.
 
+mod fanout;
 mod link;
 mod mail;
+mod siblings;
 mod sync;
 
 use std::collections::{HashMap, HashSet};
@@ -39,10 +41,10 @@ use super::{
 use crate::frame::{self, Ack, BATCH_BYTES, BUNDLE_TARGET_BYTES, Item, MAX_ITEMS, Refusal};
 use crate::history::{Author, History, Inserted, StoredMessage};
 use crate::records::{
-    self, DEVICE, DISPLAY_NAME, EDITS, EditRecord, FRIENDS, FriendRecord, IncomingRecord,
-    MessageState, OLM_ACCOUNT, OUTBOX, OutboxBody, OutboxItem, OutgoingRecord, REFUSED,
-    REQUEST_ITEMS, REQUESTS_IN, REQUESTS_OUT, RefusalKind, RefusedRecord, SEEN_DROPS, SESSIONS,
-    SETTINGS, STATES, SessionsRecord, UNREAD, WITNESS, Witness,
+    self, DEVICE, DISPLAY_NAME, EDITS, EditRecord, FRIEND_LISTS, FRIENDS, FriendRecord,
+    IncomingRecord, MessageState, OLM_ACCOUNT, OUTBOX, OUTBOX_ACKS, OutboxBody, OutboxItem,
+    OutgoingRecord, REFUSED, REQUEST_ITEMS, REQUESTS_IN, REQUESTS_OUT, RefusalKind, RefusedRecord,
+    SEEN_DROPS, SESSIONS, SETTINGS, STATES, SessionsRecord, UNREAD, WITNESS, Witness,
 };
 use crate::session::{DeviceSecrets, PairSession, Prekeys};
 
@@ -98,6 +100,8 @@ enum Done {
     },
     MailFetched(Result<kith_mailbox::user::FetchOutcome, NetError>),
     Linked(Box<link::LinkDone>),
+    Synced(Box<siblings::SyncDone>),
+    SiblingsLocated(Result<Vec<kith_net::Device>, NetError>),
 }
 
 /// Payloads being gathered into one Olm message.
@@ -114,11 +118,15 @@ struct Friend {
     conversation: [u8; 16],
     record: FriendRecord,
     devices: Vec<PeerId>,
+    /// A presence lookup for their devices is under way.
+    locating: bool,
 }
 
 struct Device {
     friend: [u8; 32],
-    prekeys: Prekeys,
+    /// Its session prekeys: from the friend's card, or from its presence
+    /// entry for a device learnt from the friend's device list.
+    prekeys: Option<Prekeys>,
     addresses: Vec<Multiaddr>,
     sessions: Option<Vec<PairSession>>,
     in_flight: bool,
@@ -193,6 +201,9 @@ pub(super) struct Actor {
     replica: kith_sync::Replica,
     /// The account's newest verified device list.
     device_list: Option<kith_proto::devices::SignedDeviceList>,
+    /// The account's other devices (`siblings.rs`).
+    siblings: HashMap<PeerId, siblings::Sibling>,
+    sibling_lookup: bool,
 }
 
 fn now_secs() -> u64 {
@@ -341,10 +352,14 @@ impl Actor {
             next_mail_fetch: Instant::now(),
             replica,
             device_list: None,
+            siblings: HashMap::new(),
+            sibling_lookup: false,
         };
         actor.load().map_err(|e| start_error(&e))?;
         actor.ensure_device_list().map_err(|e| start_error(&e))?;
         actor.take_inbox().map_err(|e| start_error(&e))?;
+        actor.refresh_siblings();
+        actor.device_list_changed();
         Ok(actor)
     }
 
@@ -425,7 +440,7 @@ impl Actor {
                 peer,
                 Device {
                     friend: account.to_bytes(),
-                    prekeys,
+                    prekeys: Some(prekeys),
                     addresses: Vec::new(),
                     sessions: None,
                     in_flight: false,
@@ -442,8 +457,18 @@ impl Actor {
                 conversation,
                 record,
                 devices,
+                locating: false,
             },
         );
+        // Their newest device list, if they sent one, decides which
+        // devices are theirs.
+        if let Ok(Some(bytes)) = self
+            .store
+            .get(FRIEND_LISTS, &records::friend_key(&self.store, &account))
+            && let Ok(list) = kith_proto::devices::SignedDeviceList::decode(&bytes)
+        {
+            self.use_friend_list(&account, &list);
+        }
     }
 
     fn emit(&mut self, event: Event) {
@@ -534,6 +559,7 @@ impl Actor {
             }
             if self.stopping.is_none() {
                 self.pump_all();
+                self.pump_siblings();
             }
             self.commit();
             if let Some(reply) = self.stopping.take() {
@@ -690,6 +716,12 @@ impl Actor {
                 let _ = reply.send(self.history(&friend, older, limit));
             }
             Command::LinkDevice { code, name, reply } => self.link_device(*code, name, reply),
+            Command::RemoveDevice { query, reply } => match self.remove_device(&query) {
+                Ok(info) => self.reply_after_commit(reply, info),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Devices(reply) => {
                 let _ = reply.send(self.device_infos());
             }
@@ -851,6 +883,7 @@ impl Actor {
         }));
         self.register_friend(record);
         ops.push(self.queue_op(account, None, OutboxBody::Sealed(sealed)));
+        ops.extend(self.list_for_new_friend(account));
         self.apply(ops)?;
         self.drop_due.remove(&account.to_bytes());
         let info = self.friend_info(account)?;
@@ -1326,8 +1359,9 @@ impl Actor {
         let prekeys = self
             .devices
             .get(peer)
-            .map(|d| d.prekeys)
-            .ok_or_else(|| EngineError::UnknownFriend(peer.to_string()))?;
+            .ok_or_else(|| EngineError::UnknownFriend(peer.to_string()))?
+            .prekeys
+            .ok_or_else(|| EngineError::Net("the device's keys are not known yet".into()))?;
         if self.load_sessions(peer)?.is_empty() {
             let session = self
                 .secrets
@@ -1351,11 +1385,24 @@ impl Actor {
         peer: &PeerId,
         message: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, Refusal> {
-        let identity = self
-            .devices
-            .get(peer)
-            .map(|d| d.prekeys.identity)
-            .ok_or(Refusal::UnknownDevice)?;
+        let identity = match self.devices.get(peer) {
+            None => return Err(Refusal::UnknownDevice),
+            // A device from the friend's list whose keys are not known
+            // yet: look them up; the sender retries.
+            Some(Device {
+                prekeys: None,
+                friend,
+                ..
+            }) => {
+                let friend = *friend;
+                self.locate_keys(friend, *peer);
+                return Err(Refusal::Busy);
+            }
+            Some(Device {
+                prekeys: Some(prekeys),
+                ..
+            }) => prekeys.identity,
+        };
         let sessions = self.load_sessions(peer).map_err(|_| Refusal::Busy)?;
         let owner = sessions.iter().position(|s| s.owns(message));
         let order: Vec<usize> = match owner {
@@ -1410,6 +1457,9 @@ impl Actor {
                 }
                 if !std::mem::replace(&mut self.greeted, true) {
                     self.greet_friends();
+                }
+                if newly {
+                    self.sibling_connected(&peer);
                 }
                 if let Some(device) = self.devices.get_mut(&peer) {
                     device.next_attempt = Instant::now();
@@ -1471,6 +1521,10 @@ impl Actor {
     }
 
     fn on_request(&mut self, request: InboundRequest) {
+        if frame::is_sync_frame(&request.data) {
+            self.on_sync_request(request);
+            return;
+        }
         let Ok(items) = frame::decode_request(&request.data) else {
             // Not a Kith frame: no answer, the sender's request fails.
             return;
@@ -1571,6 +1625,7 @@ impl Actor {
         ops.push(records::delete(REQUESTS_OUT, key));
         ops.extend(self.record_contact(&record));
         self.register_friend(record);
+        ops.extend(self.list_for_new_friend(&sender));
         self.drop_due.remove(&sender.to_bytes());
         if let Some(peer) = via {
             self.connected_device(peer);
@@ -1757,6 +1812,10 @@ impl Actor {
                 });
                 Ok(())
             }
+            Payload::Devices(bytes) => {
+                self.take_friend_list(&account, &bytes, ops);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -1869,6 +1928,25 @@ impl Actor {
         // directly; a friend found unreachable a moment ago gets mail.
         if self.is_offline(friend_bytes) {
             self.deposit_soon(*friend_bytes);
+            // Keep looking (with backoff): a friend found again is
+            // delivered to directly at once, not after the offline spell.
+            let due = self.friends.get(friend_bytes).is_some_and(|f| {
+                f.devices.iter().any(|p| {
+                    !self.connected.contains(p)
+                        && self
+                            .devices
+                            .get(p)
+                            .is_some_and(|d| !d.in_flight && now >= d.next_attempt)
+                })
+            });
+            if due
+                && let Some(share) = self
+                    .friends
+                    .get(friend_bytes)
+                    .map(|f| f.record.card.presence.clone())
+            {
+                self.locate(*friend_bytes, share);
+            }
             return;
         }
         if self.depositing.contains(friend_bytes) {
@@ -1877,13 +1955,23 @@ impl Actor {
         let Some(friend) = self.friends.get(friend_bytes) else {
             return;
         };
-        // Multi-device fan-out arrives with the device list (issue 6):
-        // until then each friend has one device, the first on their card.
-        let Some(peer) = friend.devices.first().copied() else {
-            return;
-        };
+        // Every listed device of the friend gets what waits for them.
+        let peers = friend.devices.clone();
         let share = friend.record.card.presence.clone();
         let key = friend.key.clone();
+        for peer in peers {
+            self.pump_device(friend_bytes, peer, &share, &key, now);
+        }
+    }
+
+    fn pump_device(
+        &mut self,
+        friend_bytes: &[u8; 32],
+        peer: PeerId,
+        share: &kith_proto::presence::PresenceShare,
+        key: &[u8],
+        now: Instant,
+    ) {
         let Some(device) = self.devices.get(&peer) else {
             return;
         };
@@ -1891,11 +1979,11 @@ impl Actor {
             return;
         }
         let addresses = device.addresses.clone();
-        if addresses.is_empty() && !self.connected.contains(&peer) {
-            self.locate(*friend_bytes, share, peer);
+        if (addresses.is_empty() && !self.connected.contains(&peer)) || device.prekeys.is_none() {
+            self.locate(*friend_bytes, share.clone());
             return;
         }
-        let items = match records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, MAX_ITEMS) {
+        let items = match records::prefixed::<OutboxItem>(&self.store, OUTBOX, key, MAX_ITEMS) {
             Ok(items) => items,
             Err(e) => {
                 self.emit(Event::Problem(format!("outbox unreadable: {e}")));
@@ -1906,6 +1994,11 @@ impl Actor {
             self.with_items.remove(friend_bytes);
             return;
         }
+        // What this device stored already waits only for the others.
+        let items: Vec<(Vec<u8>, OutboxItem)> = items
+            .into_iter()
+            .filter(|(item_key, _)| !self.acked_by(item_key, &peer))
+            .collect();
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut batch = Vec::new();
@@ -2029,6 +2122,7 @@ impl Actor {
         ops: &mut Vec<Op>,
         events: &mut Vec<Event>,
     ) {
+        ops.extend(self.clear_acks(item_key));
         ops.push(records::delete(OUTBOX, item_key.to_vec()));
         self.outbox_len = self.outbox_len.saturating_sub(1);
         if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend)) {
@@ -2052,25 +2146,41 @@ impl Actor {
         }
     }
 
-    fn locate(
-        &mut self,
-        friend: [u8; 32],
-        share: kith_proto::presence::PresenceShare,
-        peer: PeerId,
-    ) {
+    /// Looks the friend's presence record up for their devices' addresses
+    /// and prekeys (once at a time per friend).
+    fn locate(&mut self, friend: [u8; 32], share: kith_proto::presence::PresenceShare) {
         let retry_max = self.retry_max;
-        let Some(device) = self.devices.get_mut(&peer) else {
+        let Some(f) = self.friends.get_mut(&friend) else {
             return;
         };
-        // Mark in flight so the lookup is not repeated meanwhile.
-        device.in_flight = true;
-        device.backoff = (device.backoff * 2).min(retry_max);
+        if std::mem::replace(&mut f.locating, true) {
+            return;
+        }
+        for peer in f.devices.clone() {
+            if !self.connected.contains(&peer)
+                && let Some(device) = self.devices.get_mut(&peer)
+            {
+                device.backoff = (device.backoff * 2).min(retry_max);
+            }
+        }
         let net = self.net.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
             let result = net.find_devices(&share).await;
             let _ = done.send(Done::Located { friend, result }).await;
         });
+    }
+
+    /// A message came from a listed device of `friend` whose keys are not
+    /// known yet: look them up.
+    fn locate_keys(&mut self, friend: [u8; 32], _peer: PeerId) {
+        if let Some(share) = self
+            .friends
+            .get(&friend)
+            .map(|f| f.record.card.presence.clone())
+        {
+            self.locate(friend, share);
+        }
     }
 
     fn on_done(&mut self, done: Done) {
@@ -2082,30 +2192,36 @@ impl Actor {
             } => self.on_sent(peer, items, result),
             Done::Located { friend, result } => {
                 let now = Instant::now();
-                let peers: Vec<PeerId> = self
-                    .friends
-                    .get(&friend)
-                    .map(|f| f.devices.clone())
-                    .unwrap_or_default();
+                let peers: Vec<PeerId> = match self.friends.get_mut(&friend) {
+                    Some(f) => {
+                        f.locating = false;
+                        f.devices.clone()
+                    }
+                    None => Vec::new(),
+                };
                 let found = result.unwrap_or_default();
                 let mut reached = false;
                 for peer in peers {
                     let Some(device) = self.devices.get_mut(&peer) else {
                         continue;
                     };
-                    device.in_flight = false;
                     match found.iter().find(|d| d.peer_id == peer) {
                         Some(entry) if !entry.addresses.is_empty() => {
                             device.addresses = entry.addresses.clone();
                             if let Ok(prekeys) = Prekeys::decode(&entry.prekeys)
-                                && prekeys.identity == device.prekeys.identity
+                                && device
+                                    .prekeys
+                                    .is_none_or(|known| known.identity == prekeys.identity)
                             {
-                                device.prekeys = prekeys;
+                                device.prekeys = Some(prekeys);
                             }
                             device.next_attempt = now;
                             reached = true;
                         }
-                        _ => device.next_attempt = now + jitter(device.backoff),
+                        _ if !self.connected.contains(&peer) => {
+                            device.next_attempt = now + jitter(device.backoff);
+                        }
+                        _ => {}
                     }
                 }
                 if reached {
@@ -2143,6 +2259,8 @@ impl Actor {
             Done::RequestDeposited { to, digest, ok } => self.on_request_deposited(to, digest, ok),
             Done::MailFetched(result) => self.on_mail_fetched(result),
             Done::Linked(done) => self.on_linked(*done),
+            Done::Synced(done) => self.on_synced(*done),
+            Done::SiblingsLocated(result) => self.on_siblings_located(result),
         }
     }
 
@@ -2172,7 +2290,15 @@ impl Actor {
                 // Look the device up again: it may have moved.
                 device.addresses.clear();
                 let friend = device.friend;
-                self.friend_unreachable(friend);
+                // Unreachable only if no other device of theirs is here.
+                let others = self.friends.get(&friend).is_some_and(|f| {
+                    f.devices
+                        .iter()
+                        .any(|p| *p != peer && self.connected.contains(p))
+                });
+                if !others {
+                    self.friend_unreachable(friend);
+                }
                 return;
             }
         };
@@ -2188,8 +2314,17 @@ impl Actor {
         for ((item_key, item), ack) in each {
             match ack {
                 Ack::Stored => {
-                    ops.push(records::delete(OUTBOX, item_key));
-                    self.outbox_len = self.outbox_len.saturating_sub(1);
+                    if self.others_waiting(&item.friend, &item_key, &peer) {
+                        ops.push(Op::put(
+                            OUTBOX_ACKS,
+                            fanout::ack_key(&item_key, &peer),
+                            records::encode(&()),
+                        ));
+                    } else {
+                        ops.extend(self.clear_acks(&item_key));
+                        ops.push(records::delete(OUTBOX, item_key));
+                        self.outbox_len = self.outbox_len.saturating_sub(1);
+                    }
                     if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend))
                     {
                         let key = records::message_key(&friend.conversation, &id);
@@ -2209,7 +2344,9 @@ impl Actor {
                     }
                 }
                 Ack::Refused(Refusal::NoSession) => reset = true,
-                Ack::Refused(Refusal::Busy) => busy = true,
+                // The friend's device may not have our device list yet (a
+                // device just linked): try again later.
+                Ack::Refused(Refusal::Busy | Refusal::UnknownDevice) => busy = true,
                 Ack::Refused(refusal) => {
                     let reason = match refusal {
                         Refusal::NotFriend => "the friend no longer accepts messages from you",

@@ -145,6 +145,8 @@ impl Actor {
         match (stored, info) {
             (Ok(()), Some(info)) => {
                 self.device_list = Some(list);
+                self.refresh_siblings();
+                self.device_list_changed();
                 self.reply_after_commit(reply, info);
             }
             (Err(e), _) => {
@@ -178,6 +180,67 @@ impl Actor {
                 })
             })
             .collect())
+    }
+}
+
+impl Actor {
+    /// Leaves the device `query` names off a new list, stores it and tells
+    /// friends and the other devices.
+    pub(super) fn remove_device(&mut self, query: &str) -> Result<DeviceInfo, EngineError> {
+        let infos = self.device_infos()?;
+        let wanted = query.trim();
+        let matches: Vec<&DeviceInfo> = infos
+            .iter()
+            .filter(|d| {
+                d.name.eq_ignore_ascii_case(wanted)
+                    || (wanted.len() >= 6 && d.peer_id.to_string().starts_with(wanted))
+            })
+            .collect();
+        let device = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(EngineError::Invalid(format!(
+                    "no device of this account matches '{wanted}'; `kith device list` shows them"
+                )));
+            }
+            more => {
+                return Err(EngineError::Ambiguous {
+                    query: wanted.into(),
+                    matches: more
+                        .iter()
+                        .map(|d| d.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        };
+        if device.this_device {
+            return Err(EngineError::Invalid(
+                "a device cannot remove itself; remove it from another of your devices".into(),
+            ));
+        }
+        let current = self
+            .devices_listed()
+            .cloned()
+            .ok_or_else(|| EngineError::Store("no valid device list".into()))?;
+        let now = now_secs();
+        let next = current
+            .without(&device.peer_id, current.seq + 1, now)
+            .and_then(|list| list.signed(&self.identity.account))
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.apply(vec![kith_store::Op::put(
+            SETTINGS,
+            DEVICE_LIST,
+            next.encode(),
+        )])?;
+        self.device_list = Some(next);
+        self.refresh_siblings();
+        // The other devices learn of the list with the next exchange.
+        for sibling in self.siblings.keys().copied().collect::<Vec<_>>() {
+            self.sibling_connected(&sibling);
+        }
+        self.device_list_changed();
+        Ok(device)
     }
 }
 
