@@ -3,7 +3,7 @@
 //! `kith id new|show|check|rotate` manage and inspect identities; `kith
 //! daemon` runs the messenger in the background; `add`, `requests`,
 //! `accept`, `decline`, `block`, `friends`, `send`, `edit`, `delete`,
-//! `history`, `chat`, `safety`, `status` and `device add|list` talk to that
+//! `history`, `chat`, `safety`, `status` and `device add|list|remove` talk to that
 //! daemon, or run the engine for the length of the command when no daemon
 //! is running (see [`crate::control`]); `kith device link` joins a new
 //! profile to an existing account (see [`crate::device`]). Every command takes `--profile NAME` (default
@@ -197,6 +197,13 @@ pub enum DeviceCommand {
     },
     /// List this account's devices.
     List,
+    /// Remove a device from this account: friends and your other devices
+    /// send it nothing new. Run it on another of your devices.
+    Remove {
+        /// The device's name, or at least 6 leading characters of its
+        /// peer ID (see `kith device list`).
+        device: String,
+    },
 }
 
 /// `kith id …`
@@ -619,5 +626,16 @@ mod tests {
             parse(&["device", "list"]).unwrap().command,
             Command::Device(DeviceCommand::List)
         ));
+    }
+
+    #[test]
+    fn device_remove_takes_exactly_one_device() {
+        let cli = parse(&["--profile", "laptop", "device", "remove", "desktop"]).unwrap();
+        let Command::Device(DeviceCommand::Remove { device }) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(device, "desktop");
+        assert!(parse(&["device", "remove"]).is_err());
+        assert!(parse(&["device", "remove", "desktop", "laptop"]).is_err());
     }
 }

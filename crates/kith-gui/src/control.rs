@@ -14,7 +14,9 @@
 //! line `{"ok": …}` or `{"error": "…"}`; after `{"subscribe": …}` the
 //! daemon keeps writing `{"event": …}` lines until the client hangs up.
 //! A link code travels as its text (`{"link_device": {"code": "kith-link:…",
-//! "name": "desktop"}}`) and is parsed on the engine's side.
+//! "name": "desktop"}}`) and is parsed on the engine's side; a device to
+//! remove by its name or peer-ID prefix (`{"remove_device": {"device":
+//! "desktop"}}`).
 //! Both paths produce the same JSON, which the command line prints as is
 //! (`--json`) or as text.
 
@@ -143,6 +145,11 @@ pub enum Request {
     },
     /// List the account's devices.
     Devices,
+    /// Remove a device from the account.
+    RemoveDevice {
+        /// Its name, or at least 6 leading characters of its peer ID.
+        device: String,
+    },
     /// Stream events.
     Subscribe,
 }
@@ -530,6 +537,10 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
         Request::Devices => {
             let devices = engine.devices().await?;
             Value::Array(devices.iter().map(device_json).collect())
+        }
+        Request::RemoveDevice { device } => {
+            let removed = engine.remove_device(device.clone()).await?;
+            device_json(&removed)
         }
         Request::Subscribe => json!({}),
     })

@@ -154,6 +154,9 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
             name: name.clone(),
         },
         Command::Device(DeviceCommand::List) => Request::Devices,
+        Command::Device(DeviceCommand::Remove { device }) => Request::RemoveDevice {
+            device: device.clone(),
+        },
         Command::Id(_)
         | Command::Daemon { .. }
         | Command::Chat { .. }
@@ -175,7 +178,9 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
             Command::Send { wait, .. } => Duration::from_secs(*wait),
             Command::Add { .. } | Command::Accept { .. } => Duration::from_secs(15),
             // The new device list goes out to friends and own devices.
-            Command::Device(DeviceCommand::Add { .. }) => Duration::from_secs(5),
+            Command::Device(DeviceCommand::Add { .. } | DeviceCommand::Remove { .. }) => {
+                Duration::from_secs(5)
+            }
             _ => Duration::ZERO,
         };
         if !wait.is_zero() {
@@ -425,6 +430,12 @@ fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result
         Command::Device(DeviceCommand::Add { .. }) => writeln!(
             out,
             "linked {} ({})",
+            answer["name"].as_str().unwrap_or(""),
+            answer["peer_id"].as_str().unwrap_or("")
+        )?,
+        Command::Device(DeviceCommand::Remove { .. }) => writeln!(
+            out,
+            "removed {} ({})",
             answer["name"].as_str().unwrap_or(""),
             answer["peer_id"].as_str().unwrap_or("")
         )?,

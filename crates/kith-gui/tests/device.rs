@@ -1,6 +1,7 @@
-//! `kith device link|add|list` with the real `kith` binary in a fresh
-//! `KITH_HOME`: the refusals that must write nothing, and a link made
-//! through a picture of the QR code, on loopback with no other node.
+//! `kith device link|add|list|remove` with the real `kith` binary in a
+//! fresh `KITH_HOME`: the refusals that must write nothing, a link made
+//! through a picture of the QR code, and removing a linked device, on
+//! loopback with no other node.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -158,16 +159,24 @@ fn add_needs_exactly_one_of_a_code_or_a_picture() {
     assert!(files(home.path()).is_empty());
 }
 
-#[test]
-fn a_picture_of_the_qr_code_links_a_new_profile() {
-    let home = tempfile::tempdir().unwrap();
-    let created = kith(home.path(), &["--profile", "laptop", "--json", "id", "new"]);
-    assert!(created.status.success(), "{}", stderr(&created));
-    let laptop: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+/// `kith --json <args>` in `profile` on loopback, which must succeed.
+fn kith_json(home: &Path, profile: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--profile", profile, "--listen", LOOPBACK, "--json"];
+    all.extend_from_slice(args);
+    let output = kith(home, &all);
+    assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
 
-    let png = home.path().join("code.png");
+/// Creates profile laptop and links profile desktop to it, without a
+/// daemon: `kith device link --yes` on desktop, and on laptop `kith device
+/// add` with the code's text or, `by_picture`, its QR code's PNG. Returns
+/// what `id new` printed for the laptop and what `device add` printed.
+fn link_desktop(home: &Path, by_picture: bool) -> (serde_json::Value, serde_json::Value) {
+    let laptop = kith_json(home, "laptop", &["id", "new"]);
+    let png = home.join("code.png");
     let mut desktop = kith_command(
-        home.path(),
+        home,
         &[
             "--profile",
             "desktop",
@@ -190,24 +199,14 @@ fn a_picture_of_the_qr_code_links_a_new_profile() {
     assert!(code.starts_with("kith-link:"), "{first}");
     assert!(first["expires"].as_u64().unwrap() > now());
 
-    let added = kith(
-        home.path(),
-        &[
-            "--profile",
-            "laptop",
-            "--listen",
-            LOOPBACK,
-            "--json",
-            "device",
-            "add",
-            "--image",
-            png.to_str().unwrap(),
-            "--name",
-            "desktop",
-        ],
-    );
-    assert!(added.status.success(), "{}", stderr(&added));
-    let added: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    let mut args = vec!["device", "add"];
+    if by_picture {
+        args.extend_from_slice(&["--image", png.to_str().unwrap()]);
+    } else {
+        args.push(&code);
+    }
+    args.extend_from_slice(&["--name", "desktop"]);
+    let added = kith_json(home, "laptop", &args);
     assert_eq!(added["name"], "desktop");
     assert_eq!(added["this_device"], false);
 
@@ -215,26 +214,17 @@ fn a_picture_of_the_qr_code_links_a_new_profile() {
     assert_eq!(linked["linked"]["id"], laptop["id"]);
     assert_eq!(linked["linked"]["name"], "laptop");
     assert!(desktop.wait().unwrap().success());
+    (laptop, added)
+}
+
+#[test]
+fn a_picture_of_the_qr_code_links_a_new_profile() {
+    let home = tempfile::tempdir().unwrap();
+    let (laptop, _) = link_desktop(home.path(), true);
 
     // Both profiles now list the same two devices, each its own first.
-    let list = |profile: &str| -> serde_json::Value {
-        let output = kith(
-            home.path(),
-            &[
-                "--profile",
-                profile,
-                "--listen",
-                LOOPBACK,
-                "--json",
-                "device",
-                "list",
-            ],
-        );
-        assert!(output.status.success(), "{}", stderr(&output));
-        serde_json::from_slice(&output.stdout).unwrap()
-    };
-    let on_laptop = list("laptop");
-    let on_desktop = list("desktop");
+    let on_laptop = kith_json(home.path(), "laptop", &["device", "list"]);
+    let on_desktop = kith_json(home.path(), "desktop", &["device", "list"]);
     assert_eq!(on_laptop.as_array().unwrap().len(), 2, "{on_laptop}");
     let names = |list: &serde_json::Value, this: bool| -> Vec<String> {
         list.as_array()
@@ -252,4 +242,74 @@ fn a_picture_of_the_qr_code_links_a_new_profile() {
         String::from_utf8_lossy(&shown.stdout).trim(),
         laptop["id"].as_str().unwrap()
     );
+}
+
+/// `kith --profile laptop device remove <device>` on loopback, text output.
+fn remove_from_laptop(home: &Path, device: &str) -> Output {
+    kith(
+        home,
+        &[
+            "--profile",
+            "laptop",
+            "--listen",
+            LOOPBACK,
+            "device",
+            "remove",
+            device,
+        ],
+    )
+}
+
+#[test]
+fn remove_takes_a_linked_device_off_the_list_without_a_daemon() {
+    let home = tempfile::tempdir().unwrap();
+    let (_, added) = link_desktop(home.path(), false);
+    let desktop_peer = added["peer_id"].as_str().unwrap();
+
+    // By a peer-ID prefix, printed as text.
+    let output = remove_from_laptop(home.path(), &desktop_peer[..12]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("removed desktop ({desktop_peer})")
+    );
+    let listed = kith_json(home.path(), "laptop", &["device", "list"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["this_device"], true);
+
+    // Gone means gone: a second removal finds nothing.
+    let again = remove_from_laptop(home.path(), "desktop");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("no device of this account matches 'desktop'"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn remove_refuses_this_device_an_unknown_one_and_a_short_prefix() {
+    let home = tempfile::tempdir().unwrap();
+    let me = kith_json(home.path(), "laptop", &["id", "new"]);
+    let peer = me["device"].as_str().unwrap();
+    let cases = [
+        (&peer[..8], "a device cannot remove itself"),
+        (peer, "a device cannot remove itself"),
+        ("desktop", "no device of this account matches 'desktop'"),
+        // Too short to name a device by its peer ID.
+        (&peer[..5], "no device of this account matches"),
+    ];
+    for (device, expect) in cases {
+        let output = remove_from_laptop(home.path(), device);
+        assert_eq!(output.status.code(), Some(1), "{device}");
+        assert!(output.stdout.is_empty(), "{device}");
+        assert!(
+            stderr(&output).contains(expect),
+            "{device}: {}",
+            stderr(&output)
+        );
+    }
+    let listed = kith_json(home.path(), "laptop", &["device", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 }
