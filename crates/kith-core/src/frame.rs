@@ -189,6 +189,21 @@ pub enum Mail {
     Request(Vec<u8>),
     /// A sealed envelope holding a friend acceptance.
     Accept(Vec<u8>),
+    /// Ops for another device of the sender's own account, which could not
+    /// be reached directly (`docs/sync.md`). Appended last: variant indexes
+    /// are the stored form.
+    Sync(SyncMail),
+}
+
+/// A [`SyncRequest`] left in the account's own mailbox for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncMail {
+    /// The device that left it (PeerId bytes).
+    pub from: Vec<u8>,
+    /// The device it is for (PeerId bytes); other devices leave it be.
+    pub to: Vec<u8>,
+    /// What a direct push would have carried.
+    pub request: SyncRequest,
 }
 
 /// Encodes mail content.

@@ -41,6 +41,10 @@ pub(crate) const OUTBOX_ACKS: &str = "outbox-acks";
 /// Key in [`SETTINGS`] of the sequence number of the device list last
 /// queued for friends.
 pub(crate) const LIST_PUSHED: &[u8] = b"list-pushed";
+/// What this device knows of each other device of the account: key =
+/// PeerId bytes, value = postcard `(Option<held vv>, Option<mailed vv>)`
+/// (encoded version vectors).
+pub(crate) const SIBLINGS: &str = "siblings";
 pub(crate) const OPS: &str = "sync-ops";
 /// Batches of ops waiting to be taken in (from linking): key = 8-byte
 /// sequence, value = an encoded batch.

@@ -71,6 +71,13 @@ async fn accept_first_offer(
 /// Links a new device ("desktop") to `alice`'s account and starts its
 /// engine on what it was handed.
 async fn link_desktop(alice: &Engine, addrs: &[Multiaddr]) -> (Engine, Events) {
+    let (identity, backend) = link_desktop_parts(alice, addrs).await;
+    start_linked(identity, backend, addrs)
+}
+
+/// Links a new device ("desktop") to `alice`'s account; returns what it
+/// starts from.
+async fn link_desktop_parts(alice: &Engine, addrs: &[Multiaddr]) -> (Identity, Arc<MemoryBackend>) {
     let desktop_key = DeviceKeypair::generate();
     let joining = join::start(join_config(&desktop_key, addrs)).await.unwrap();
     let code = joining.code().clone();
@@ -91,7 +98,7 @@ async fn link_desktop(alice: &Engine, addrs: &[Multiaddr]) -> (Engine, Events) {
             .iter()
             .any(|d| d.name == "desktop" && !d.this_device)
     );
-    start_linked(identity, backend, addrs)
+    (identity, backend)
 }
 
 fn start_linked(
@@ -106,6 +113,7 @@ fn start_linked(
     let mut config = kith_core::engine::Config::new(identity, store, net);
     config.retry_min = Duration::from_millis(100);
     config.retry_max = Duration::from_secs(2);
+    config.mailbox.pow_difficulty = TEST_POW_BITS;
     let (engine, events) = kith_core::engine::start(config).unwrap();
     (engine, Box::pin(events))
 }
@@ -418,4 +426,83 @@ async fn a_removed_device_gets_nothing_new() {
             .contains(&"from the removed device".to_string()),
         "the account's devices took ops from a removed device"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_never_online_together_each_get_mail() {
+    let (volunteers, addrs) = start_volunteers(3).await;
+    let laptop = Device::new("alice");
+    let bob = Device::new("bob");
+    let (alice, mut alice_events) = laptop.start_mail(&addrs);
+    let (bob_engine, _bob_events) = bob.start_mail(&addrs);
+    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let alice_account = alice.account();
+    let bob_account = bob_engine.account();
+    let (identity, backend) = link_desktop_parts(&alice, &addrs).await;
+    let address = kith_proto::mailbox::mailbox_address(&alice_account);
+    // Bob must know the desktop before both go: a message to both proves it.
+    let (desktop, desktop_events) = start_linked(identity.clone(), backend.clone(), &addrs);
+    bob_engine
+        .send(alice_account, "hello both".into())
+        .await
+        .unwrap();
+    shows(&desktop, &bob_account, "hello both").await;
+    shows(&alice, &bob_account, "hello both").await;
+    for engine in [&alice, &desktop] {
+        engine.shutdown().await.unwrap();
+    }
+    drop((alice, alice_events, desktop, desktop_events));
+
+    // Both of Alice's devices are off: Bob's messages go to the mailbox.
+    for text in ["m1", "m2", "m3"] {
+        bob_engine.send(alice_account, text.into()).await.unwrap();
+    }
+    eventually(|| async {
+        let page = bob_engine.history(alice_account, None, 10).await.unwrap();
+        let stored = page
+            .messages
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.state,
+                    Some(kith_core::engine::MessageState::Stored { .. })
+                )
+            })
+            .count();
+        (stored == 3).then_some(())
+    })
+    .await;
+    let mut before = std::collections::HashSet::new();
+    for v in &volunteers {
+        before.extend(v.volunteer.holds(address).await);
+    }
+
+    // The laptop alone: it fetches Bob's mail and leaves the new ops for
+    // the desktop in the account's own mailbox.
+    let (alice, _alice_events) = laptop.start_mail(&addrs);
+    for text in ["m1", "m2", "m3"] {
+        shows(&alice, &bob_account, text).await;
+    }
+    eventually(|| async {
+        for v in &volunteers {
+            if v.volunteer
+                .holds(address)
+                .await
+                .iter()
+                .any(|id| !before.contains(id))
+            {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    alice.shutdown().await.unwrap();
+    drop(alice);
+
+    // The desktop alone: it gets them from the mailbox too.
+    let (desktop, _desktop_events) = start_linked(identity, backend, &addrs);
+    for text in ["m1", "m2", "m3"] {
+        shows(&desktop, &bob_account, text).await;
+    }
 }

@@ -63,6 +63,23 @@ impl VersionVector {
         other.0.iter().all(|(d, c)| self.get(d) >= *c)
     }
 
+    /// What this vector becomes once its holder also takes `ops` in: each
+    /// op that is the next of its device moves that device on (ops in
+    /// counter order per device, as [`crate::Replica::missing_for`]
+    /// answers); others change nothing. For a sender to remember what it
+    /// has already sent.
+    pub fn after(&self, ops: &[crate::Op]) -> VersionVector {
+        let mut next = self.clone();
+        for op in ops {
+            if op.id.counter == next.get(&op.id.device).saturating_add(1)
+                && (next.0.contains_key(&op.id.device) || next.0.len() < MAX_DEVICES)
+            {
+                next.0.insert(op.id.device, op.id.counter);
+            }
+        }
+        next
+    }
+
     /// Records that `device` has `1..=counter` held; the replica keeps
     /// this within [`MAX_DEVICES`].
     pub(crate) fn set(&mut self, device: DeviceId, counter: u64) {
@@ -221,5 +238,26 @@ mod tests {
             counter: 0
         }));
         assert_eq!(a.total(), 4);
+    }
+
+    #[test]
+    fn after_moves_on_only_with_the_next_op_of_each_device() {
+        use crate::{Op, OpId, OpKind, Stamp};
+        let op = |d: u8, counter: u64| Op {
+            id: OpId {
+                device: DeviceId([d; 32]),
+                counter,
+            },
+            stamp: Stamp {
+                lamport: counter,
+                millis: 0,
+            },
+            kind: OpKind::ProfileName("n".into()),
+        };
+        let base = vv(&[(1, 2)]);
+        let next = base.after(&[op(1, 3), op(1, 4), op(2, 1), op(3, 2)]);
+        assert_eq!(next, vv(&[(1, 4), (2, 1)]));
+        // Already held or out of order: no change.
+        assert_eq!(base.after(&[op(1, 2), op(1, 5)]), base);
     }
 }

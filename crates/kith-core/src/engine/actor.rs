@@ -102,6 +102,10 @@ enum Done {
     Linked(Box<link::LinkDone>),
     Synced(Box<siblings::SyncDone>),
     SiblingsLocated(Result<Vec<kith_net::Device>, NetError>),
+    SyncMailed {
+        peer: PeerId,
+        after: Option<kith_sync::VersionVector>,
+    },
 }
 
 /// Payloads being gathered into one Olm message.
@@ -2261,6 +2265,7 @@ impl Actor {
             Done::Linked(done) => self.on_linked(*done),
             Done::Synced(done) => self.on_synced(*done),
             Done::SiblingsLocated(result) => self.on_siblings_located(result),
+            Done::SyncMailed { peer, after } => self.on_sync_mailed(peer, after),
         }
     }
 

@@ -663,6 +663,14 @@ impl Actor {
                     accepts.push((opened.sender, sealed));
                 }
                 Ok(Mail::Bundle(payloads)) => bundles.push((opened.sender, payloads, fetched)),
+                Ok(Mail::Sync(mail)) => {
+                    // Only the account itself leaves sync mail.
+                    if opened.sender != self.identity.account.public()
+                        || self.take_sync_mail(mail, &mut ops, &mut events)
+                    {
+                        handled.push(fetched.item.item_id);
+                    }
+                }
                 Err(_) => handled.push(fetched.item.item_id),
             }
         }
@@ -859,7 +867,7 @@ impl Actor {
 
 /// Seals `mail` for `to` as a mailbox item expiring after the item TTL,
 /// solving its proof of work off the async threads.
-async fn seal_mail(
+pub(super) async fn seal_mail(
     sender: &std::sync::Arc<kith_proto::AccountKeypair>,
     to: AccountPublicKey,
     mail: &Mail,

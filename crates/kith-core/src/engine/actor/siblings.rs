@@ -20,12 +20,14 @@ use kith_net::{InboundRequest, Multiaddr, NetError, PeerId};
 use kith_proto::devices::SignedDeviceList;
 use kith_sync::VersionVector;
 
+use super::mail::seal_mail;
 use super::{Actor, Done, jitter, store_error};
 use crate::engine::Event;
 use crate::frame::{
-    self, SYNC_BATCH_BYTES, SyncRefusal, SyncRequest, SyncResponse, decode_sync_request,
+    self, Mail, SYNC_BATCH_BYTES, SyncMail, SyncRefusal, SyncRequest, SyncResponse,
+    decode_sync_request,
 };
-use crate::records::{DEVICE_LIST, SETTINGS};
+use crate::records::{self, DEVICE_LIST, SETTINGS, SIBLINGS};
 
 /// What this device knows of one sibling.
 #[derive(Debug)]
@@ -36,7 +38,21 @@ pub(super) struct Sibling {
     backoff: Duration,
     /// What the sibling holds, as last heard; `None` until an exchange.
     known: Option<VersionVector>,
+    /// Not found, or not answering: what it lacks goes by mail.
+    unreachable: bool,
+    /// What was left for it in the account's mailbox, on top of `known`.
+    mailed: Option<VersionVector>,
+    mailing: bool,
+    next_mail: Instant,
+    /// When the ops it lacks go by mail: a moment after they were first
+    /// found lacking, so a burst of changes makes one item.
+    mail_due: Option<Instant>,
 }
+
+/// A moment for more changes to gather before ops go by mail.
+const MAIL_GATHER: Duration = Duration::from_secs(1);
+/// Bytes of ops in one mail item (the content limit is about 63 KiB).
+const SYNC_MAIL_BYTES: usize = 40 * 1024;
 
 /// What a finished sync push reports.
 pub(super) struct SyncDone {
@@ -54,14 +70,50 @@ impl Actor {
             .unwrap_or_default();
         self.siblings.retain(|peer, _| listed.contains(peer));
         for peer in listed {
-            self.siblings.entry(peer).or_insert_with(|| Sibling {
-                addresses: Vec::new(),
-                in_flight: false,
-                next_attempt: Instant::now(),
-                backoff: self.retry_min,
-                known: None,
-            });
+            if self.siblings.contains_key(&peer) {
+                continue;
+            }
+            let (known, mailed) = records::get::<(Option<Vec<u8>>, Option<Vec<u8>>)>(
+                &self.store,
+                SIBLINGS,
+                &peer.to_bytes(),
+            )
+            .ok()
+            .flatten()
+            .map(|(known, mailed)| {
+                let read = |v: Option<Vec<u8>>| v.and_then(|b| VersionVector::decode(&b).ok());
+                (read(known), read(mailed))
+            })
+            .unwrap_or_default();
+            self.siblings.insert(
+                peer,
+                Sibling {
+                    addresses: Vec::new(),
+                    in_flight: false,
+                    next_attempt: Instant::now(),
+                    backoff: self.retry_min,
+                    known,
+                    unreachable: false,
+                    mailed,
+                    mailing: false,
+                    next_mail: Instant::now(),
+                    mail_due: None,
+                },
+            );
         }
+    }
+
+    /// Remembers what `peer` holds and what was mailed to it, so a restart
+    /// does not mail it everything again.
+    fn keep_sibling(&mut self, peer: &PeerId) {
+        let Some(sibling) = self.siblings.get(peer) else {
+            return;
+        };
+        let record = (
+            sibling.known.as_ref().map(VersionVector::encode),
+            sibling.mailed.as_ref().map(VersionVector::encode),
+        );
+        self.stage(vec![records::put(SIBLINGS, peer.to_bytes(), &record)]);
     }
 
     /// A sibling connected: exchange what each holds.
@@ -103,6 +155,144 @@ impl Actor {
         if lookup && !self.sibling_lookup {
             self.look_up_siblings();
         }
+        let mut mail = Vec::new();
+        for (peer, sibling) in &mut self.siblings {
+            let lacking = sibling
+                .mailed
+                .as_ref()
+                .or(sibling.known.as_ref())
+                .is_none_or(|b| !b.covers(&held));
+            if !(sibling.unreachable && lacking && !sibling.mailing && now >= sibling.next_mail) {
+                continue;
+            }
+            match sibling.mail_due {
+                None => sibling.mail_due = Some(now + MAIL_GATHER),
+                Some(due) if now >= due => {
+                    sibling.mail_due = None;
+                    mail.push(*peer);
+                }
+                Some(_) => {}
+            }
+        }
+        for peer in mail {
+            self.mail_to_sibling(peer);
+        }
+    }
+
+    /// Leaves the next ops `peer` lacks in the account's own mailbox.
+    fn mail_to_sibling(&mut self, peer: PeerId) {
+        let Some(list) = self.device_list.as_ref().map(SignedDeviceList::encode) else {
+            return;
+        };
+        let Some(sibling) = self.siblings.get(&peer) else {
+            return;
+        };
+        let base = sibling
+            .mailed
+            .clone()
+            .or_else(|| sibling.known.clone())
+            .unwrap_or_default();
+        let ops = self
+            .replica
+            .missing_for(&base, kith_sync::MAX_BATCH_OPS, SYNC_MAIL_BYTES);
+        if ops.is_empty() {
+            return;
+        }
+        let Ok(batch) = kith_sync::encode_batch(&ops) else {
+            return;
+        };
+        let after = base.after(&ops);
+        let mail = Mail::Sync(SyncMail {
+            from: self.net.peer_id().to_bytes(),
+            to: peer.to_bytes(),
+            request: SyncRequest {
+                list,
+                held: self.replica.version_vector().encode(),
+                batch,
+            },
+        });
+        if let Some(sibling) = self.siblings.get_mut(&peer) {
+            sibling.mailing = true;
+        }
+        let account = std::sync::Arc::clone(&self.account_key);
+        let to = self.identity.account.public();
+        let settings = self.mailbox.clone();
+        let net = self.net.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let ok = match seal_mail(&account, to, &mail, &settings).await {
+                Ok(item) => kith_mailbox::user::deposit(&net, &item, settings.replicas, &[])
+                    .await
+                    .is_ok_and(|o| !o.accepted.is_empty()),
+                Err(_) => false,
+            };
+            let _ = done
+                .send(Done::SyncMailed {
+                    peer,
+                    after: ok.then_some(after),
+                })
+                .await;
+        });
+    }
+
+    pub(super) fn on_sync_mailed(&mut self, peer: PeerId, after: Option<VersionVector>) {
+        let retry_max = self.retry_max;
+        let Some(sibling) = self.siblings.get_mut(&peer) else {
+            return;
+        };
+        sibling.mailing = false;
+        match after {
+            Some(after) => {
+                sibling.mailed = Some(after);
+                sibling.next_mail = Instant::now();
+                self.keep_sibling(&peer);
+            }
+            None => {
+                sibling.next_mail = Instant::now() + jitter(retry_max);
+            }
+        }
+    }
+
+    /// Ops a sibling left in our mailbox: taken in like a push if they are
+    /// for this device. Returns whether the item is done with (to be
+    /// acknowledged): items for another listed device stay for it.
+    pub(super) fn take_sync_mail(
+        &mut self,
+        mail: SyncMail,
+        ops: &mut Vec<kith_store::Op>,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let me = self.net.peer_id();
+        let (Ok(from), Ok(to)) = (PeerId::from_bytes(&mail.from), PeerId::from_bytes(&mail.to))
+        else {
+            return true;
+        };
+        if let Ok(list) = SignedDeviceList::decode(&mail.request.list) {
+            self.adopt_list(list, events);
+        }
+        if to != me {
+            // For a sibling: leave it, unless that device is gone.
+            return !self.siblings.contains_key(&to);
+        }
+        if !self.siblings.contains_key(&from) {
+            return true;
+        }
+        let batch = if mail.request.batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            kith_sync::decode_batch(&mail.request.batch)
+        };
+        if let Ok(batch) = batch {
+            self.ingest_ops(batch, ops, events);
+        }
+        if let (Some(sibling), Ok(held)) = (
+            self.siblings.get_mut(&from),
+            VersionVector::decode(&mail.request.held),
+        ) {
+            sibling.known = Some(held);
+        }
+        self.keep_sibling(&from);
+        true
     }
 
     fn push_to_sibling(&mut self, peer: PeerId) {
@@ -163,6 +353,7 @@ impl Actor {
                     sibling.next_attempt = now;
                 }
                 _ if sibling.addresses.is_empty() => {
+                    sibling.unreachable = true;
                     sibling.next_attempt = now + jitter(sibling.backoff);
                     sibling.backoff = (sibling.backoff * 2).min(retry_max);
                 }
@@ -182,8 +373,11 @@ impl Actor {
             Ok(SyncResponse::Held(bytes)) => match VersionVector::decode(&bytes) {
                 Ok(held) => {
                     sibling.known = Some(held);
+                    sibling.unreachable = false;
+                    sibling.mailed = None;
                     sibling.backoff = retry_min;
                     sibling.next_attempt = Instant::now();
+                    self.keep_sibling(&peer);
                 }
                 Err(_) => {
                     sibling.next_attempt = Instant::now() + jitter(sibling.backoff);
@@ -196,6 +390,7 @@ impl Actor {
             }
             Err(_) => {
                 sibling.addresses.clear();
+                sibling.unreachable = true;
                 sibling.next_attempt = Instant::now() + jitter(sibling.backoff);
                 sibling.backoff = (sibling.backoff * 2).min(retry_max);
             }
@@ -238,7 +433,9 @@ impl Actor {
         self.ingest_ops(batch, &mut ops, &mut events);
         if let Some(sibling) = self.siblings.get_mut(&peer) {
             sibling.known = Some(held);
+            sibling.unreachable = false;
         }
+        self.keep_sibling(&peer);
         self.stage(ops);
         let answer = frame::encode_sync_response(&SyncResponse::Held(
             self.replica.version_vector().encode(),
