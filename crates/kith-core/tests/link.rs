@@ -506,3 +506,59 @@ async fn two_devices_never_online_together_each_get_mail() {
         shows(&desktop, &bob_account, text).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_from_before_the_op_log_hands_over_its_friends_and_history() {
+    let (_nodes, addrs) = start_nodes(2).await;
+    let laptop = Device::new("alice");
+    let bob = Device::new("bob");
+    let (alice, mut alice_events) = laptop.start(&addrs);
+    let (bob_engine, _bob_events) = bob.start(&addrs);
+    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let bob_account = bob_engine.account();
+    bob_engine
+        .send(alice.account(), "old one".into())
+        .await
+        .unwrap();
+    shows(&alice, &bob_account, "old one").await;
+    alice.send(bob_account, "old two".into()).await.unwrap();
+    alice.shutdown().await.unwrap();
+    drop((alice, alice_events));
+
+    // What a profile made by an earlier build looks like: no op log.
+    let store_backend: Arc<dyn Backend> = laptop.backend.clone();
+    let store = Store::open(store_backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
+    let log = store
+        .range(
+            "sync-ops",
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            kith_store::Direction::Forward,
+            10_000,
+        )
+        .unwrap();
+    assert!(!log.is_empty());
+    store
+        .apply_durable(
+            log.into_iter()
+                .map(|(key, _)| kith_store::Op::Delete {
+                    tree: "sync-ops".into(),
+                    key,
+                })
+                .collect(),
+        )
+        .unwrap();
+    drop(store);
+
+    let (alice, _alice_events) = laptop.start(&addrs);
+    let (desktop, _desktop_events) = link_desktop(&alice, &addrs).await;
+    assert_eq!(desktop.friends().await.unwrap().len(), 1);
+    assert_eq!(
+        conversation(&desktop, &bob_account).await,
+        conversation(&alice, &bob_account).await
+    );
+    assert_eq!(
+        bodies(&desktop, &bob_account).await,
+        vec!["old one".to_string(), "old two".to_string()]
+    );
+}

@@ -208,6 +208,8 @@ pub(super) struct Actor {
     /// The account's other devices (`siblings.rs`).
     siblings: HashMap<PeerId, siblings::Sibling>,
     sibling_lookup: bool,
+    /// A device is being linked: no other change to the list meanwhile.
+    linking: bool,
 }
 
 fn now_secs() -> u64 {
@@ -358,9 +360,11 @@ impl Actor {
             device_list: None,
             siblings: HashMap::new(),
             sibling_lookup: false,
+            linking: false,
         };
         actor.load().map_err(|e| start_error(&e))?;
         actor.ensure_device_list().map_err(|e| start_error(&e))?;
+        actor.backfill_log().map_err(|e| start_error(&e))?;
         actor.take_inbox().map_err(|e| start_error(&e))?;
         actor.refresh_siblings();
         actor.device_list_changed();
@@ -1963,6 +1967,7 @@ impl Actor {
         let peers = friend.devices.clone();
         let share = friend.record.card.presence.clone();
         let key = friend.key.clone();
+        self.settle_fanout(friend_bytes, &key);
         for peer in peers {
             self.pump_device(friend_bytes, peer, &share, &key, now);
         }
@@ -1999,9 +2004,11 @@ impl Actor {
             return;
         }
         // What this device stored already waits only for the others.
+        // (Expired ones stay, so the loop below fails them.)
+        let now_ts = Timestamp::now();
         let items: Vec<(Vec<u8>, OutboxItem)> = items
             .into_iter()
-            .filter(|(item_key, _)| !self.acked_by(item_key, &peer))
+            .filter(|(item_key, item)| item.expires <= now_ts || !self.acked_by(item_key, &peer))
             .collect();
         let mut ops = Vec::new();
         let mut events = Vec::new();
@@ -2226,6 +2233,12 @@ impl Actor {
                             device.next_attempt = now + jitter(device.backoff);
                         }
                         _ => {}
+                    }
+                    // Keys still unknown (not published yet, or unreadable):
+                    // no new lookup before the backoff, connected or not.
+                    if device.prekeys.is_none() {
+                        device.next_attempt = now + jitter(device.backoff);
+                        device.backoff = (device.backoff * 2).min(self.retry_max);
                     }
                 }
                 if reached {

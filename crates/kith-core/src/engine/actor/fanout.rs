@@ -30,7 +30,12 @@ use kith_store::Op;
 
 use super::{Actor, Device, OutboxBody};
 use crate::engine::{Event, MAX_OUTBOX};
-use crate::records::{self, FRIEND_LISTS, LIST_PUSHED, OUTBOX_ACKS, SESSIONS, SETTINGS};
+use crate::records::{self, FRIEND_LISTS, LIST_PUSHED, OUTBOX, OUTBOX_ACKS, SESSIONS, SETTINGS};
+
+/// Length of an outbox key: friend (16) ‖ sequence (8).
+const OUTBOX_KEY_LEN: usize = 24;
+/// Most marks one settling reads (8 devices × the pump's item limit).
+const MAX_MARKS_READ: usize = 8 * crate::frame::MAX_ITEMS;
 
 /// The [`OUTBOX_ACKS`] key of `peer` having stored the item at `item_key`.
 pub(super) fn ack_key(item_key: &[u8], peer: &PeerId) -> Vec<u8> {
@@ -56,6 +61,43 @@ impl Actor {
                 other != peer && self.connected.contains(other) && !self.acked_by(item_key, other)
             })
         })
+    }
+
+    /// Ends the items some device of `friend` stored that no connected
+    /// device of theirs still lacks (one that lacked it went away, or left
+    /// their list): the friend's other devices get them from their own
+    /// siblings.
+    pub(super) fn settle_fanout(&mut self, friend: &[u8; 32], key: &[u8]) {
+        let marks = records::prefixed::<()>(&self.store, OUTBOX_ACKS, key, MAX_MARKS_READ)
+            .unwrap_or_default();
+        if marks.is_empty() {
+            return;
+        }
+        let mut items: Vec<Vec<u8>> = marks
+            .into_iter()
+            .filter_map(|(mark, ())| mark.get(..OUTBOX_KEY_LEN).map(<[u8]>::to_vec))
+            .collect();
+        items.dedup();
+        let mut ops = Vec::new();
+        for item_key in items {
+            let Some(peer) = self.friends.get(friend).and_then(|f| {
+                f.devices
+                    .iter()
+                    .find(|p| self.acked_by(&item_key, p))
+                    .copied()
+            }) else {
+                // Only devices no longer listed stored it: it still waits.
+                continue;
+            };
+            if !self.others_waiting(friend, &item_key, &peer)
+                && matches!(self.store.get(OUTBOX, &item_key), Ok(Some(_)))
+            {
+                ops.extend(self.clear_acks(&item_key));
+                ops.push(records::delete(OUTBOX, item_key));
+                self.outbox_len = self.outbox_len.saturating_sub(1);
+            }
+        }
+        self.stage(ops);
     }
 
     /// Deletes the marks of the item at `item_key`.
@@ -105,8 +147,16 @@ impl Actor {
             return Vec::new();
         };
         let friend = account.to_bytes();
+        // Our own devices can never be a friend's.
+        let ours: Vec<PeerId> = self
+            .devices_listed()
+            .map(|l| l.peers().collect())
+            .unwrap_or_default();
         let me = self.net.peer_id();
-        let listed: Vec<PeerId> = list.peers().filter(|p| *p != me).collect();
+        let listed: Vec<PeerId> = list
+            .peers()
+            .filter(|p| *p != me && !ours.contains(p))
+            .collect();
         let Some(f) = self.friends.get_mut(&friend) else {
             return Vec::new();
         };

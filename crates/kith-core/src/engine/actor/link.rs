@@ -32,8 +32,13 @@ impl Actor {
         name: Option<String>,
         reply: Reply<DeviceInfo>,
     ) {
+        if self.linking {
+            let _ = reply.send(Err(busy_linking()));
+            return;
+        }
         match self.prepare_link(&code, name) {
             Ok((list, bundle, linker, hello)) => {
+                self.linking = true;
                 let addresses: Vec<Multiaddr> = code
                     .addresses()
                     .iter()
@@ -108,6 +113,7 @@ impl Actor {
             result,
             reply,
         } = done;
+        self.linking = false;
         let linked = match result {
             Ok(linked) => linked,
             Err(e) => {
@@ -187,6 +193,9 @@ impl Actor {
     /// Leaves the device `query` names off a new list, stores it and tells
     /// friends and the other devices.
     pub(super) fn remove_device(&mut self, query: &str) -> Result<DeviceInfo, EngineError> {
+        if self.linking {
+            return Err(busy_linking());
+        }
         let infos = self.device_infos()?;
         let wanted = query.trim();
         let matches: Vec<&DeviceInfo> = infos
@@ -265,4 +274,8 @@ async fn run_link(
         .map_err(|e| e.to_string())?;
     let answer = net.request(peer, Vec::new(), offer).await.map_err(reach)?;
     linker.finish(&answer).map_err(|e| e.to_string())
+}
+
+fn busy_linking() -> EngineError {
+    EngineError::Link("another device is being linked; try again when that is done".into())
 }

@@ -297,6 +297,7 @@ impl Actor {
                     self.mailed.insert(key);
                 } else if matches!(self.store.get(OUTBOX, &key), Ok(Some(_))) {
                     // (Gone already if a direct delivery got there first.)
+                    ops.extend(self.clear_acks(&key));
                     ops.push(records::delete(OUTBOX, key));
                     self.outbox_len = self.outbox_len.saturating_sub(1);
                 }
@@ -592,7 +593,7 @@ impl Actor {
     /// Fetches our own mail, unless a fetch is under way; waits for the
     /// first connection when not on the network yet.
     pub(super) fn start_mail_fetch(&mut self, delay: Duration) {
-        if self.mail_fetching || self.stopping.is_some() {
+        if self.mail_fetching || self.stopping.is_some() || self.removed() {
             return;
         }
         if self.connected.is_empty() {

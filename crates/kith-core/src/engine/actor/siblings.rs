@@ -68,7 +68,16 @@ impl Actor {
             .devices_listed()
             .map(|l| l.peers().filter(|p| *p != me).collect())
             .unwrap_or_default();
-        self.siblings.retain(|peer, _| listed.contains(peer));
+        let gone: Vec<PeerId> = self
+            .siblings
+            .keys()
+            .filter(|peer| !listed.contains(peer))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.siblings.remove(&peer);
+            self.stage(vec![records::delete(SIBLINGS, peer.to_bytes())]);
+        }
         for peer in listed {
             if self.siblings.contains_key(&peer) {
                 continue;
@@ -80,9 +89,13 @@ impl Actor {
             )
             .ok()
             .flatten()
-            .map(|(known, mailed)| {
+            .map(|(known, _mailed)| {
+                // What was mailed is not trusted across a restart: an item
+                // may have expired or gone with its volunteers, and mailing
+                // again from what the sibling is known to hold costs only
+                // duplicates.
                 let read = |v: Option<Vec<u8>>| v.and_then(|b| VersionVector::decode(&b).ok());
-                (read(known), read(mailed))
+                (read(known), None)
             })
             .unwrap_or_default();
             self.siblings.insert(
@@ -128,7 +141,7 @@ impl Actor {
 
     /// Pushes to every sibling that lacks ops and is due.
     pub(super) fn pump_siblings(&mut self) {
-        if self.siblings.is_empty() {
+        if self.siblings.is_empty() || self.removed() {
             return;
         }
         let now = Instant::now();
@@ -214,6 +227,16 @@ impl Actor {
         if let Some(sibling) = self.siblings.get_mut(&peer) {
             sibling.mailing = true;
         }
+        self.after_commit(move |actor, ok| {
+            if ok {
+                actor.spawn_sync_mail(peer, mail, after);
+            } else if let Some(sibling) = actor.siblings.get_mut(&peer) {
+                sibling.mailing = false;
+            }
+        });
+    }
+
+    fn spawn_sync_mail(&self, peer: PeerId, mail: Mail, after: VersionVector) {
         let account = std::sync::Arc::clone(&self.account_key);
         let to = self.identity.account.public();
         let settings = self.mailbox.clone();
@@ -282,8 +305,9 @@ impl Actor {
         } else {
             kith_sync::decode_batch(&mail.request.batch)
         };
+        let mut waiting = 0;
         if let Ok(batch) = batch {
-            self.ingest_ops(batch, ops, events);
+            waiting = self.ingest_ops(batch, ops, events);
         }
         if let (Some(sibling), Ok(held)) = (
             self.siblings.get_mut(&from),
@@ -292,7 +316,9 @@ impl Actor {
             sibling.known = Some(held);
         }
         self.keep_sibling(&from);
-        true
+        // Ops that wait for earlier ones live only in memory: keep the item
+        // with the volunteers until the gap is filled.
+        waiting == 0
     }
 
     fn push_to_sibling(&mut self, peer: PeerId) {
@@ -316,6 +342,20 @@ impl Actor {
             held: self.replica.version_vector().encode(),
             batch,
         });
+        // The ops must be on disk before they leave: a crash must not let
+        // this device reuse their counters for other ops.
+        self.after_commit(move |actor, ok| {
+            if !ok {
+                if let Some(sibling) = actor.siblings.get_mut(&peer) {
+                    sibling.in_flight = false;
+                }
+                return;
+            }
+            actor.spawn_push(peer, addresses, request);
+        });
+    }
+
+    fn spawn_push(&self, peer: PeerId, addresses: Vec<Multiaddr>, request: Vec<u8>) {
         let net = self.net.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -414,7 +454,7 @@ impl Actor {
             self.adopt_list(list, &mut events);
         }
         let listed = self.siblings.contains_key(&peer);
-        if !listed {
+        if !listed || self.removed() {
             refuse(request, SyncRefusal::NotListed);
             return;
         }
@@ -430,6 +470,8 @@ impl Actor {
             return;
         };
         let mut ops = Vec::new();
+        // Ops that wait for earlier ones are not stored; the sender learns
+        // from the answer that they are not held and sends them again.
         self.ingest_ops(batch, &mut ops, &mut events);
         if let Some(sibling) = self.siblings.get_mut(&peer) {
             sibling.known = Some(held);
@@ -488,5 +530,15 @@ impl Actor {
         self.device_list = Some(list);
         self.refresh_siblings();
         self.device_list_changed();
+    }
+
+    /// Whether this device is off the account's newest list: it was
+    /// removed on another device. It then neither syncs nor reads the
+    /// account's mail (which would take friends' offline messages away from
+    /// the devices still on the account).
+    pub(super) fn removed(&self) -> bool {
+        let me = self.net.peer_id();
+        self.devices_listed()
+            .is_some_and(|list| !list.contains(&me))
     }
 }

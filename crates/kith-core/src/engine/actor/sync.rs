@@ -168,6 +168,91 @@ impl Actor {
         self.device_list.as_ref()?.verify(&account).ok()
     }
 
+    /// A profile that kept friends and history before the op log existed
+    /// records them once, so a device linked to it gets them too: friends,
+    /// every message, edits and deletions, the read marker, answered
+    /// requests, name and nospam.
+    pub(super) fn backfill_log(&mut self) -> Result<(), EngineError> {
+        if !self.replica.is_empty() || self.friends.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        let friends: Vec<(AccountPublicKey, [u8; 16], FriendRecord)> = self
+            .friends
+            .values()
+            .map(|f| (f.account, f.conversation, f.record.clone()))
+            .collect();
+        for (account, conversation, record) in friends {
+            ops.extend(self.record_contact(&record));
+            let friend = account.to_bytes();
+            // Oldest first: collect the pages, newest page first.
+            let history = History::new(&self.store);
+            let mut pages = Vec::new();
+            let mut older = None;
+            loop {
+                let page = history
+                    .page(&conversation, older.as_ref(), crate::history::MAX_PAGE)
+                    .map_err(store_error)?;
+                older = page.older.clone();
+                pages.push(page.messages);
+                if older.is_none() {
+                    break;
+                }
+            }
+            let mut read = None;
+            let mut unread_seen = false;
+            for stored in pages.into_iter().rev().flatten() {
+                let key = records::message_key(&conversation, &stored.message.id);
+                let is_unread = self.store.get(UNREAD, &key).map_err(store_error)?.is_some();
+                unread_seen |= is_unread;
+                if !unread_seen {
+                    read = Some(Position::of(&stored.message));
+                }
+                let message = stored.message.clone();
+                ops.extend(self.record(match stored.author {
+                    Author::Me => OpKind::MessageSent { friend, message },
+                    Author::Friend => OpKind::MessageReceived { friend, message },
+                }));
+                if let Some(edit) =
+                    records::get::<EditRecord>(&self.store, EDITS, &key).map_err(store_error)?
+                {
+                    let target = stored.message.id;
+                    ops.extend(self.record(match edit.body {
+                        Some(body) if !edit.deleted => OpKind::Edited {
+                            friend,
+                            target,
+                            body,
+                            at: edit.at,
+                        },
+                        _ => OpKind::Deleted {
+                            friend,
+                            target,
+                            at: edit.at,
+                        },
+                    }));
+                }
+            }
+            if let Some(upto) = read {
+                ops.extend(self.record(OpKind::ReadUpTo { friend, upto }));
+            }
+        }
+        for (_, refused) in
+            records::all::<RefusedRecord>(&self.store, REFUSED, crate::engine::MAX_PENDING_REQUESTS)
+                .map_err(store_error)?
+        {
+            ops.extend(self.record(OpKind::RequestDecided {
+                from: refused.account,
+                decision: match refused.kind {
+                    RefusalKind::Declined => Decision::Declined,
+                    RefusalKind::Blocked => Decision::Blocked,
+                },
+            }));
+        }
+        ops.extend(self.record(OpKind::ProfileName(self.display_name.clone())));
+        ops.extend(self.record(OpKind::Nospam(self.identity.nospam)));
+        self.store.apply_durable(ops).map_err(store_error)
+    }
+
     /// Takes in the op batches waiting in [`SYNC_INBOX`] (from linking).
     pub(super) fn take_inbox(&mut self) -> Result<(), EngineError> {
         let batches =
@@ -179,7 +264,9 @@ impl Actor {
         let mut events = Vec::new();
         for (key, batch) in batches {
             match kith_sync::decode_batch(&batch) {
-                Ok(batch) => self.ingest_ops(batch, &mut ops, &mut events),
+                Ok(batch) => {
+                    self.ingest_ops(batch, &mut ops, &mut events);
+                }
                 Err(e) => events.push(Event::Problem(format!(
                     "history handed over by another device is unreadable: {e}"
                 ))),
@@ -195,13 +282,18 @@ impl Actor {
 
     /// Merges ops from another device of the account; stores and
     /// materializes every op newly held. Store ops go to `ops` (one batch
-    /// with the caller's), events to `events` (after the commit).
+    /// with the caller's), events to `events` (after the commit). The ops
+    /// themselves are put in the log last, after everything they do: a
+    /// crash in between leaves them unheld, so they are taken in again
+    /// (materializing is idempotent) rather than held without effect.
+    /// Returns how many ops wait for earlier ones of their device (held in
+    /// memory only: whoever sent them must keep them until they are in).
     pub(super) fn ingest_ops(
         &mut self,
         batch: Vec<kith_sync::Op>,
         ops: &mut Vec<Op>,
         events: &mut Vec<Event>,
-    ) {
+    ) -> usize {
         let before = self.replica.version_vector();
         let outcome = self.replica.apply_all(batch);
         for (id, e) in &outcome.refused {
@@ -212,13 +304,14 @@ impl Actor {
             )));
         }
         if outcome.new == 0 {
-            return;
+            return outcome.buffered;
         }
         let after = self.replica.version_vector();
         let mut seen = HashSet::new();
+        let mut log = Vec::new();
         for op in new_ops(&self.replica, &before, &after) {
             match op.encode() {
-                Ok(bytes) => ops.push(Op::put(OPS, op_key(&self.store, &op), bytes)),
+                Ok(bytes) => log.push(Op::put(OPS, op_key(&self.store, &op), bytes)),
                 Err(e) => {
                     events.push(Event::Problem(format!("could not store an op: {e}")));
                     continue;
@@ -241,6 +334,8 @@ impl Actor {
             }
             self.materialize(&op.kind, &mut seen, ops, events);
         }
+        ops.extend(log);
+        outcome.buffered
     }
 
     fn materialize(
@@ -492,6 +587,7 @@ impl Actor {
             records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, crate::engine::MAX_OUTBOX)
                 .map_err(store_error)?;
         for (item_key, _) in items {
+            ops.extend(self.clear_acks(&item_key));
             ops.push(records::delete(OUTBOX, item_key));
             self.outbox_len = self.outbox_len.saturating_sub(1);
         }
