@@ -78,26 +78,33 @@ async fn link_desktop(alice: &Engine, addrs: &[Multiaddr]) -> (Engine, Events) {
 /// Links a new device ("desktop") to `alice`'s account; returns what it
 /// starts from.
 async fn link_desktop_parts(alice: &Engine, addrs: &[Multiaddr]) -> (Identity, Arc<MemoryBackend>) {
-    let desktop_key = DeviceKeypair::generate();
-    let joining = join::start(join_config(&desktop_key, addrs)).await.unwrap();
+    link_parts(alice, addrs, "alice", "desktop").await
+}
+
+/// Links a new device named `device` to the account of `existing`, whose
+/// display name is `account`.
+async fn link_parts(
+    existing: &Engine,
+    addrs: &[Multiaddr],
+    account: &'static str,
+    device: &str,
+) -> (Identity, Arc<MemoryBackend>) {
+    let new_key = DeviceKeypair::generate();
+    let joining = join::start(join_config(&new_key, addrs)).await.unwrap();
     let code = joining.code().clone();
-    let new_side = tokio::spawn(accept_first_offer(joining, "alice"));
-    let linked = alice
-        .link_device(code, Some("desktop".into()))
+    let new_side = tokio::spawn(accept_first_offer(joining, account));
+    let linked = existing
+        .link_device(code, Some(device.into()))
         .await
         .expect("linked");
-    assert_eq!(linked.name, "desktop");
-    assert_eq!(linked.peer_id, desktop_key.peer_id());
+    assert_eq!(linked.name, device);
+    assert_eq!(linked.peer_id, new_key.peer_id());
     let (identity, backend) = new_side.await.unwrap();
-    assert_eq!(identity.account.public(), alice.account());
-    let devices = alice.devices().await.unwrap();
+    assert_eq!(identity.account.public(), existing.account());
+    let devices = existing.devices().await.unwrap();
     assert_eq!(devices.len(), 2);
     assert!(devices.iter().any(|d| d.this_device));
-    assert!(
-        devices
-            .iter()
-            .any(|d| d.name == "desktop" && !d.this_device)
-    );
+    assert!(devices.iter().any(|d| d.name == device && !d.this_device));
     (identity, backend)
 }
 
@@ -561,4 +568,35 @@ async fn a_profile_from_before_the_op_log_hands_over_its_friends_and_history() {
         bodies(&desktop, &bob_account).await,
         vec!["old one".to_string(), "old two".to_string()]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friends_device_linked_earlier_introduces_itself_to_a_new_device() {
+    let (_nodes, addrs) = start_nodes(2).await;
+    let laptop = Device::new("alice");
+    let bob = Device::new("bob");
+    let (alice, mut alice_events) = laptop.start(&addrs);
+    let (bob_engine, _bob_events) = bob.start(&addrs);
+    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let bob_account = bob_engine.account();
+
+    // Bob links a phone; Alice's laptop learns of it.
+    let (identity, backend) = link_parts(&bob_engine, &addrs, "bob", "phone").await;
+    let (phone, _phone_events) = start_linked(identity, backend, &addrs);
+    phone
+        .send(alice.account(), "from bob's phone".into())
+        .await
+        .unwrap();
+    shows(&alice, &bob_account, "from bob's phone").await;
+
+    // Alice links a desktop afterwards: it was handed Bob's card only.
+    let (desktop, _desktop_events) = link_desktop(&alice, &addrs).await;
+    alice.shutdown().await.unwrap();
+    drop((alice, alice_events));
+    // With the laptop gone, only the phone itself can reach the desktop.
+    phone
+        .send(desktop.account(), "to the new desktop".into())
+        .await
+        .unwrap();
+    shows(&desktop, &bob_account, "to the new desktop").await;
 }

@@ -210,6 +210,9 @@ pub(super) struct Actor {
     sibling_lookup: bool,
     /// A device is being linked: no other change to the list meanwhile.
     linking: bool,
+    /// Friends' devices sent our list because they did not know us
+    /// (device, list sequence), so it is sent once.
+    introduced: HashSet<(PeerId, u64)>,
 }
 
 fn now_secs() -> u64 {
@@ -361,6 +364,7 @@ impl Actor {
             siblings: HashMap::new(),
             sibling_lookup: false,
             linking: false,
+            introduced: HashSet::new(),
         };
         actor.load().map_err(|e| start_error(&e))?;
         actor.ensure_device_list().map_err(|e| start_error(&e))?;
@@ -1588,10 +1592,18 @@ impl Actor {
         let Ok(opened) = envelope::open(&self.identity.account, bytes) else {
             return Ack::Refused(Refusal::Unreadable);
         };
-        let Ok(Payload::FriendAccept(accept)) = Payload::decode(&opened.payload) else {
-            return Ack::Refused(Refusal::Unreadable);
-        };
-        self.take_accept(&opened.sender, &accept, Some(peer), ops, events)
+        match Payload::decode(&opened.payload) {
+            Ok(Payload::FriendAccept(accept)) => {
+                self.take_accept(&opened.sender, &accept, Some(peer), ops, events)
+            }
+            // A friend's device we do not know yet introduces itself with
+            // their list, signed by their account (`fanout.rs`).
+            Ok(Payload::Devices(list)) if self.friends.contains_key(&opened.sender.to_bytes()) => {
+                self.take_friend_list(&opened.sender, &list, ops);
+                Ack::Stored
+            }
+            _ => Ack::Refused(Refusal::Unreadable),
+        }
     }
 
     /// Takes a friend acceptance from `sender`, which came from the device
@@ -2325,6 +2337,7 @@ impl Actor {
         let mut events = Vec::new();
         let mut reset = false;
         let mut busy = false;
+        let mut introduce = false;
         let each = items
             .into_iter()
             .zip(acks)
@@ -2364,7 +2377,11 @@ impl Actor {
                 Ack::Refused(Refusal::NoSession) => reset = true,
                 // The friend's device may not have our device list yet (a
                 // device just linked): try again later.
-                Ack::Refused(Refusal::Busy | Refusal::UnknownDevice) => busy = true,
+                Ack::Refused(Refusal::Busy) => busy = true,
+                Ack::Refused(Refusal::UnknownDevice) => {
+                    busy = true;
+                    introduce = true;
+                }
                 Ack::Refused(refusal) => {
                     let reason = match refusal {
                         Refusal::NotFriend => "the friend no longer accepts messages from you",
@@ -2390,6 +2407,9 @@ impl Actor {
         }
         if reset {
             ops.extend(self.sessions_op(&peer));
+        }
+        if introduce {
+            ops.extend(self.introduce_to(&peer));
         }
         self.stage(ops);
         for event in events {

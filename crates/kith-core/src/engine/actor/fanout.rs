@@ -23,9 +23,9 @@
 //! while stopped) sends it once.
 
 use kith_net::PeerId;
-use kith_proto::AccountPublicKey;
 use kith_proto::devices::SignedDeviceList;
 use kith_proto::wire::Payload;
+use kith_proto::{AccountPublicKey, envelope};
 use kith_store::Op;
 
 use super::{Actor, Device, OutboxBody};
@@ -248,5 +248,24 @@ impl Actor {
                 OutboxBody::Payload(Payload::Devices(list.encode())),
             )
         })
+    }
+
+    /// A friend's device refused us as unknown: it has not got our newest
+    /// list (it was linked after we sent it, or we after it). Sends it the
+    /// list sealed by our account, which it takes from any device, once
+    /// per device and list in this run.
+    pub(super) fn introduce_to(&mut self, peer: &PeerId) -> Option<Op> {
+        let list = self.device_list.clone()?;
+        let friend = self.devices.get(peer)?.friend;
+        if !self.introduced.insert((*peer, list.claimed_seq())) {
+            return None;
+        }
+        let account = AccountPublicKey::from_bytes(&friend).ok()?;
+        let payload = Payload::Devices(list.encode()).encode().ok()?;
+        let sealed = envelope::seal(&self.identity.account, &account, &payload).ok()?;
+        if self.outbox_len >= MAX_OUTBOX {
+            return None;
+        }
+        Some(self.queue_op(&account, None, OutboxBody::Sealed(sealed)))
     }
 }

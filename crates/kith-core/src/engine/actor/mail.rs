@@ -683,9 +683,16 @@ impl Actor {
         for (sender, sealed) in accepts {
             if let Ok(inner) = envelope::open(&self.identity.account, &sealed)
                 && inner.sender == sender
-                && let Ok(Payload::FriendAccept(accept)) = Payload::decode(&inner.payload)
             {
-                self.take_accept(&sender, &accept, None, &mut ops, &mut events);
+                match Payload::decode(&inner.payload) {
+                    Ok(Payload::FriendAccept(accept)) => {
+                        self.take_accept(&sender, &accept, None, &mut ops, &mut events);
+                    }
+                    Ok(Payload::Devices(list)) if self.friends.contains_key(&sender.to_bytes()) => {
+                        self.take_friend_list(&sender, &list, &mut ops);
+                    }
+                    _ => {}
+                }
             }
         }
         let mut delivered: HashMap<[u8; 32], Vec<MessageId>> = HashMap::new();
