@@ -404,7 +404,6 @@ fn a_removed_desktop_gets_no_new_message() -> anyhow::Result<()> {
 }
 
 #[test]
-#[ignore = "needs sync through the account's own mailbox (kith-core, in progress)"]
 fn with_both_devices_off_each_gets_the_messages_from_the_mailbox() -> anyhow::Result<()> {
     let home = tempfile::tempdir()?;
     // Three volunteers that know each other, as in tests/mailbox.rs.

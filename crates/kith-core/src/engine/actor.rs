@@ -66,6 +66,8 @@ const REQUEST_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 const POLL_RETRIES: u32 = 40;
 /// …this far apart, while the DHT is not reachable yet.
 const POLL_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// Longest a shutdown waits for mail to the account's other devices.
+const PARTING_LIMIT: Duration = Duration::from_secs(8);
 /// Capacity of the channel finished network tasks report on.
 const DONE_CAPACITY: usize = 256;
 
@@ -213,6 +215,8 @@ pub(super) struct Actor {
     /// Friends' devices sent our list because they did not know us
     /// (device, list sequence), so it is sent once.
     introduced: HashSet<(PeerId, u64)>,
+    /// Shutting down once the parting mail to other devices is left.
+    parting: Option<(Reply<()>, Instant)>,
 }
 
 fn now_secs() -> u64 {
@@ -365,6 +369,7 @@ impl Actor {
             sibling_lookup: false,
             linking: false,
             introduced: HashSet::new(),
+            parting: None,
         };
         actor.load().map_err(|e| start_error(&e))?;
         actor.ensure_device_list().map_err(|e| start_error(&e))?;
@@ -574,6 +579,15 @@ impl Actor {
                 self.pump_siblings();
             }
             self.commit();
+            if self
+                .parting
+                .as_ref()
+                .is_some_and(|(_, until)| self.parting_done() || Instant::now() >= *until)
+                && let Some((reply, _)) = self.parting.take()
+            {
+                self.stopping = Some(reply);
+                self.commit();
+            }
             if let Some(reply) = self.stopping.take() {
                 let _ = reply.send(Ok(()));
                 break;
@@ -746,7 +760,15 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Shutdown(reply) => self.stopping = Some(reply),
+            Command::Shutdown(reply) => {
+                // Devices of the account that are not here get what they
+                // lack as mail first (for a few seconds at most).
+                if self.start_parting_mail() {
+                    self.parting = Some((reply, Instant::now() + PARTING_LIMIT));
+                } else {
+                    self.stopping = Some(reply);
+                }
+            }
         }
     }
 

@@ -541,4 +541,35 @@ impl Actor {
         self.devices_listed()
             .is_some_and(|list| !list.contains(&me))
     }
+
+    /// On shutdown: leaves what each device of the account that is not
+    /// connected lacks in the account's mailbox at once (no gathering, no
+    /// waiting to find it unreachable). Whether anything is on its way.
+    pub(super) fn start_parting_mail(&mut self) -> bool {
+        if self.removed() || self.connected.is_empty() {
+            return false;
+        }
+        let held = self.replica.version_vector();
+        let lacking: Vec<PeerId> = self
+            .siblings
+            .iter()
+            .filter(|(peer, s)| !self.connected.contains(*peer) && !s.mailing)
+            .filter(|(_, s)| {
+                s.mailed
+                    .as_ref()
+                    .or(s.known.as_ref())
+                    .is_none_or(|b| !b.covers(&held))
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in lacking {
+            self.mail_to_sibling(peer);
+        }
+        !self.parting_done()
+    }
+
+    /// Whether no mail to another device is on its way.
+    pub(super) fn parting_done(&self) -> bool {
+        !self.siblings.values().any(|s| s.mailing)
+    }
 }
