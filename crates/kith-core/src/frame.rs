@@ -267,6 +267,9 @@ pub enum SyncResponse {
     Held(Vec<u8>),
     /// Not taken.
     Refused(SyncRefusal),
+    /// Not taken: the sender is not on the receiver's newest device list,
+    /// which is this (encoded), so the sender learns it was removed.
+    NotListed(Vec<u8>),
 }
 
 /// Why a device did not take a sync request.

@@ -600,3 +600,58 @@ async fn a_friends_device_linked_earlier_introduces_itself_to_a_new_device() {
         .unwrap();
     shows(&desktop, &bob_account, "to the new desktop").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_leaves_the_accounts_mail_alone() {
+    let (_volunteers, addrs) = start_volunteers(3).await;
+    let laptop = Device::new("alice");
+    let bob = Device::new("bob");
+    let (alice, mut alice_events) = laptop.start_mail(&addrs);
+    let (bob_engine, _bob_events) = bob.start_mail(&addrs);
+    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let alice_account = alice.account();
+    let bob_account = bob_engine.account();
+    let (identity, backend) = link_desktop_parts(&alice, &addrs).await;
+    let (desktop, _desktop_events) = start_linked(identity, backend, &addrs);
+
+    // The laptop removes the desktop; the desktop hears of it.
+    alice.remove_device("desktop".into()).await.unwrap();
+    alice.send(bob_account, "removed it".into()).await.unwrap();
+    shows(&bob_engine, &alice_account, "removed it").await;
+    // The laptop tells it directly; it adopts the new list.
+    eventually(|| async { (desktop.devices().await.unwrap().len() == 1).then_some(()) }).await;
+
+    // The laptop is off; Bob's messages go to the account's mailbox; the
+    // removed desktop, still running, must not take them.
+    alice.shutdown().await.unwrap();
+    drop((alice, alice_events));
+    bob_engine
+        .send(alice_account, "while away".into())
+        .await
+        .unwrap();
+    eventually(|| async {
+        let page = bob_engine.history(alice_account, None, 10).await.unwrap();
+        page.messages
+            .iter()
+            .any(|m| {
+                m.body == "while away"
+                    && matches!(
+                        m.state,
+                        Some(kith_core::engine::MessageState::Stored { .. })
+                    )
+            })
+            .then_some(())
+    })
+    .await;
+    // The desktop's own fetches find nothing to take.
+    desktop.check_requests().await.ok();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !bodies(&desktop, &bob_account)
+            .await
+            .contains(&"while away".to_string())
+    );
+
+    let (alice, _alice_events) = laptop.start_mail(&addrs);
+    shows(&alice, &bob_account, "while away").await;
+}

@@ -243,7 +243,13 @@ impl Actor {
             next.encode(),
         )])?;
         self.device_list = Some(next);
+        let (device_peer, addresses) = (device.peer_id, self.sibling_addresses(&device.peer_id));
         self.refresh_siblings();
+        self.after_commit(move |actor, ok| {
+            if ok {
+                actor.tell_removed(device_peer, addresses);
+            }
+        });
         // The other devices learn of the list with the next exchange.
         for sibling in self.siblings.keys().copied().collect::<Vec<_>>() {
             self.sibling_connected(&sibling);

@@ -424,6 +424,17 @@ impl Actor {
                     sibling.backoff = (sibling.backoff * 2).min(retry_max);
                 }
             },
+            Ok(SyncResponse::NotListed(list)) => {
+                sibling.backoff = retry_max;
+                sibling.next_attempt = Instant::now() + jitter(retry_max);
+                let mut events = Vec::new();
+                if let Ok(list) = SignedDeviceList::decode(&list) {
+                    self.adopt_list(list, &mut events);
+                }
+                for event in events {
+                    self.emit(event);
+                }
+            }
             Ok(SyncResponse::Refused(_)) => {
                 sibling.backoff = retry_max;
                 sibling.next_attempt = Instant::now() + jitter(retry_max);
@@ -455,7 +466,14 @@ impl Actor {
         }
         let listed = self.siblings.contains_key(&peer);
         if !listed || self.removed() {
-            refuse(request, SyncRefusal::NotListed);
+            // Tell a removed device so: it then stops reading the
+            // account's mail.
+            match self.device_list.as_ref() {
+                Some(list) if !listed => request.respond(frame::encode_sync_response(
+                    &SyncResponse::NotListed(list.encode()),
+                )),
+                _ => refuse(request, SyncRefusal::NotListed),
+            }
             return;
         }
         let (Ok(held), Ok(batch)) = (
@@ -571,5 +589,32 @@ impl Actor {
     /// Whether no mail to another device is on its way.
     pub(super) fn parting_done(&self) -> bool {
         !self.siblings.values().any(|s| s.mailing)
+    }
+
+    /// Tells a device just removed, if it can be reached, that it is off
+    /// the list (a sync request with the new list and no ops); it adopts
+    /// the list and stops. One that cannot be reached learns it from the
+    /// answer to its next push.
+    pub(super) fn tell_removed(&self, peer: PeerId, addresses: Vec<Multiaddr>) {
+        let Some(list) = self.device_list.as_ref().map(SignedDeviceList::encode) else {
+            return;
+        };
+        let request = frame::encode_sync_request(&SyncRequest {
+            list,
+            held: VersionVector::new().encode(),
+            batch: Vec::new(),
+        });
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net.request(peer, addresses, request).await;
+        });
+    }
+
+    /// Where a sibling was last reached.
+    pub(super) fn sibling_addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.siblings
+            .get(peer)
+            .map(|s| s.addresses.clone())
+            .unwrap_or_default()
     }
 }
