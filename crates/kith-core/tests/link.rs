@@ -127,12 +127,15 @@ fn start_linked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_shows_the_same_friends_history_and_read_state() {
-    let (_nodes, addrs) = start_nodes(2).await;
-    let laptop = Device::new("alice");
-    let bob = Device::new("bob");
-    let (alice, mut alice_events) = laptop.start(&addrs);
-    let (bob_engine, _bob_events) = bob.start(&addrs);
-    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let Friends {
+        _network,
+        addrs,
+        laptop: _,
+        alice,
+        mut alice_events,
+        bob_engine,
+        _bob_events,
+    } = friends(false).await;
 
     for text in ["one", "two", "three"] {
         bob_engine.send(alice.account(), text.into()).await.unwrap();
@@ -262,35 +265,61 @@ async fn shows(engine: &Engine, friend: &kith_proto::AccountPublicKey, body: &st
     .await;
 }
 
-/// Alice on her laptop and Bob, friends, and Alice's desktop linked.
-struct Linked {
-    _nodes: Vec<kith_net::Client>,
+/// Alice (laptop) and Bob, friends, on two plain DHT nodes or (with
+/// `mail`) three mailbox volunteers.
+struct Friends {
+    _network: Box<dyn std::any::Any + Send>,
     addrs: Vec<Multiaddr>,
     laptop: Device,
     alice: Engine,
     alice_events: Events,
     bob_engine: Engine,
     _bob_events: Events,
-    desktop: Engine,
-    _desktop_events: Events,
 }
 
-async fn linked() -> Linked {
-    let (nodes, addrs) = start_nodes(2).await;
+async fn friends(mail: bool) -> Friends {
+    let (network, addrs): (Box<dyn std::any::Any + Send>, _) = if mail {
+        let (volunteers, addrs) = start_volunteers(3).await;
+        (Box::new(volunteers), addrs)
+    } else {
+        let (nodes, addrs) = start_nodes(2).await;
+        (Box::new(nodes), addrs)
+    };
     let laptop = Device::new("alice");
     let bob = Device::new("bob");
-    let (alice, mut alice_events) = laptop.start(&addrs);
-    let (bob_engine, bob_events) = bob.start(&addrs);
+    let (alice, mut alice_events, bob_engine, bob_events) = if mail {
+        let (alice, alice_events) = laptop.start_mail(&addrs);
+        let (bob_engine, bob_events) = bob.start_mail(&addrs);
+        (alice, alice_events, bob_engine, bob_events)
+    } else {
+        let (alice, alice_events) = laptop.start(&addrs);
+        let (bob_engine, bob_events) = bob.start(&addrs);
+        (alice, alice_events, bob_engine, bob_events)
+    };
     befriend(&alice, &mut alice_events, &bob_engine).await;
-    let (desktop, desktop_events) = link_desktop(&alice, &addrs).await;
-    Linked {
-        _nodes: nodes,
+    Friends {
+        _network: network,
         addrs,
         laptop,
         alice,
         alice_events,
         bob_engine,
         _bob_events: bob_events,
+    }
+}
+
+/// Alice on her laptop and Bob, friends, and Alice's desktop linked.
+struct Linked {
+    friends: Friends,
+    desktop: Engine,
+    _desktop_events: Events,
+}
+
+async fn linked() -> Linked {
+    let friends = friends(false).await;
+    let (desktop, desktop_events) = link_desktop(&friends.alice, &friends.addrs).await;
+    Linked {
+        friends,
         desktop,
         _desktop_events: desktop_events,
     }
@@ -300,13 +329,16 @@ async fn linked() -> Linked {
 async fn linked_devices_keep_in_step_and_friends_reach_each() {
     // Every field is bound: one left to `..` would be dropped here.
     let Linked {
-        _nodes,
-        addrs,
-        laptop,
-        alice,
-        alice_events,
-        bob_engine,
-        _bob_events,
+        friends:
+            Friends {
+                _network,
+                addrs,
+                laptop,
+                alice,
+                alice_events,
+                bob_engine,
+                _bob_events,
+            },
         desktop,
         _desktop_events,
     } = linked().await;
@@ -368,13 +400,16 @@ async fn linked_devices_keep_in_step_and_friends_reach_each() {
 async fn a_removed_device_gets_nothing_new() {
     // Every field is bound: one left to `..` would be dropped here.
     let Linked {
-        _nodes,
-        addrs: _,
-        laptop: _laptop,
-        alice,
-        alice_events: _alice_events,
-        bob_engine,
-        _bob_events,
+        friends:
+            Friends {
+                _network,
+                addrs: _,
+                laptop: _laptop,
+                alice,
+                alice_events: _alice_events,
+                bob_engine,
+                _bob_events,
+            },
         desktop,
         _desktop_events,
     } = linked().await;
@@ -516,12 +551,15 @@ async fn two_devices_never_online_together_each_get_mail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_from_before_the_op_log_hands_over_its_friends_and_history() {
-    let (_nodes, addrs) = start_nodes(2).await;
-    let laptop = Device::new("alice");
-    let bob = Device::new("bob");
-    let (alice, mut alice_events) = laptop.start(&addrs);
-    let (bob_engine, _bob_events) = bob.start(&addrs);
-    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let Friends {
+        _network,
+        addrs,
+        laptop,
+        alice,
+        alice_events,
+        bob_engine,
+        _bob_events,
+    } = friends(false).await;
     let bob_account = bob_engine.account();
     bob_engine
         .send(alice.account(), "old one".into())
@@ -572,12 +610,15 @@ async fn a_profile_from_before_the_op_log_hands_over_its_friends_and_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_friends_device_linked_earlier_introduces_itself_to_a_new_device() {
-    let (_nodes, addrs) = start_nodes(2).await;
-    let laptop = Device::new("alice");
-    let bob = Device::new("bob");
-    let (alice, mut alice_events) = laptop.start(&addrs);
-    let (bob_engine, _bob_events) = bob.start(&addrs);
-    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let Friends {
+        _network,
+        addrs,
+        laptop: _,
+        alice,
+        alice_events,
+        bob_engine,
+        _bob_events,
+    } = friends(false).await;
     let bob_account = bob_engine.account();
 
     // Bob links a phone; Alice's laptop learns of it.
@@ -603,12 +644,15 @@ async fn a_friends_device_linked_earlier_introduces_itself_to_a_new_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_device_leaves_the_accounts_mail_alone() {
-    let (_volunteers, addrs) = start_volunteers(3).await;
-    let laptop = Device::new("alice");
-    let bob = Device::new("bob");
-    let (alice, mut alice_events) = laptop.start_mail(&addrs);
-    let (bob_engine, _bob_events) = bob.start_mail(&addrs);
-    befriend(&alice, &mut alice_events, &bob_engine).await;
+    let Friends {
+        _network,
+        addrs,
+        laptop,
+        alice,
+        alice_events,
+        bob_engine,
+        _bob_events,
+    } = friends(true).await;
     let alice_account = alice.account();
     let bob_account = bob_engine.account();
     let (identity, backend) = link_desktop_parts(&alice, &addrs).await;
