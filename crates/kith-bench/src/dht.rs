@@ -82,6 +82,9 @@ pub struct DhtParams {
     pub churn: f64,
     /// Seed of every random choice.
     pub seed: u64,
+    /// The run stops with an error once the process holds more than this
+    /// much memory (KiB): the machine may be shared.
+    pub max_rss_kb: u64,
 }
 
 /// Results of the scenario.
@@ -104,6 +107,12 @@ pub struct DhtResult {
     pub join_requests: f64,
     /// Nodes that left during the lookups.
     pub departed: usize,
+    /// Open connections per node when the network settled, on average
+    /// (each connection counted at both ends).
+    pub connections: f64,
+    /// Routing-table entries per node when the network settled, on
+    /// average.
+    pub table: f64,
 }
 
 struct Node {
@@ -219,6 +228,19 @@ async fn wait_tables(nodes: &[Node], want: usize, what: &str) -> anyhow::Result<
     }
 }
 
+/// Fails once this process holds more than `max_rss_kb`.
+fn check_memory(max_rss_kb: u64, doing: &str) -> anyhow::Result<()> {
+    let rss = self_rss_kb()?;
+    if rss > max_rss_kb {
+        bail!(
+            "stopped while {doing}: the process holds {} MiB, over --max-rss-mb {}",
+            rss / 1024,
+            max_rss_kb / 1024
+        );
+    }
+    Ok(())
+}
+
 /// Sum over every server of its inbound Kademlia requests of the kinds
 /// given (`GetRecord`, `FindNode`, `PutRecord`), read from the text
 /// encoding of its registry.
@@ -253,6 +275,7 @@ pub async fn run(params: &DhtParams) -> anyhow::Result<DhtResult> {
         lookups,
         churn,
         seed,
+        max_rss_kb,
     } = *params;
     if servers == 0 || servers + 2 > total {
         bail!("need at least one server and two clients ({servers} servers of {total} nodes)");
@@ -270,7 +293,10 @@ pub async fn run(params: &DhtParams) -> anyhow::Result<DhtResult> {
     if debug() {
         eprintln!("dht: {servers} servers up after {:?}", start.elapsed());
     }
-    for _ in servers..total {
+    for i in servers..total {
+        if i % 50 == 0 {
+            check_memory(max_rss_kb, "starting clients")?;
+        }
         let bootstrap = pick_bootstrap(&mut rng, &nodes[..servers]);
         nodes.push(start_node(false, bootstrap).await?);
     }
@@ -289,6 +315,7 @@ pub async fn run(params: &DhtParams) -> anyhow::Result<DhtResult> {
         if Instant::now() > deadline {
             bail!("{waiting} clients never published their presence");
         }
+        check_memory(max_rss_kb, "waiting for presence")?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if debug() {
@@ -313,11 +340,19 @@ pub async fn run(params: &DhtParams) -> anyhow::Result<DhtResult> {
         if sum.abs_diff(last) * 100 < sum || Instant::now() > deadline {
             break;
         }
+        check_memory(max_rss_kb, "settling")?;
         last = sum;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let settle_s = start.elapsed().as_secs_f64();
     let rss_kb = self_rss_kb()?;
+    let (mut connections, mut table) = (0, 0);
+    for node in &nodes {
+        if let Some(client) = &node.client {
+            connections += client.connected_peers().await.map_or(0, |c| c.len());
+        }
+        table += node.table_len().await;
+    }
     let join_requests = inbound_requests(&nodes, &["FindNode", "PutRecord"])?;
 
     let departures = (churn * total as f64).round() as usize;
@@ -382,5 +417,7 @@ pub async fn run(params: &DhtParams) -> anyhow::Result<DhtResult> {
         settle_s,
         join_requests,
         departed,
+        connections: connections as f64 / total as f64,
+        table: table as f64 / total as f64,
     })
 }

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use kith_core::engine::{self, Engine};
-use kith_net::Multiaddr;
+use kith_net::{Multiaddr, Timers};
 use kith_store::profile::Identity;
 use kith_store::{SledBackend, Store};
 
@@ -252,13 +252,55 @@ impl Traffic {
     }
 }
 
+/// How the scenario runs.
+#[derive(Debug, Clone)]
+pub struct IdleParams {
+    /// Client engines, an even number.
+    pub nodes: usize,
+    /// Wait between making friends and measuring.
+    pub warmup: Duration,
+    /// Seconds measured.
+    pub secs: u64,
+    /// Interval of each engine's request-drop poll (`None`: the engine's
+    /// default).
+    pub request_poll: Option<Duration>,
+    /// Interval of each engine's mail fetch (`None`: the engine's
+    /// default). The engine also fetches whenever it polls for requests.
+    pub mail_fetch: Option<Duration>,
+    /// The clients' `kith-net` timers (default: `kith-net`'s defaults).
+    pub timers: Timers,
+}
+
+/// Sets the [`Timers`] field called `name` (as in the source, such as
+/// `ping_interval`) to `value`, so one timer's cost can be measured by
+/// bringing it into the window.
+pub fn set_timer(timers: &mut Timers, name: &str, value: Duration) -> anyhow::Result<()> {
+    let field = match name {
+        "presence_ttl" => &mut timers.presence_ttl,
+        "presence_republish" => &mut timers.presence_republish,
+        "presence_debounce" => &mut timers.presence_debounce,
+        "kad_bootstrap" => &mut timers.kad_bootstrap,
+        "kad_replication" => &mut timers.kad_replication,
+        "kad_query_timeout" => &mut timers.kad_query_timeout,
+        "ping_interval" => &mut timers.ping_interval,
+        "idle_connection_timeout" => &mut timers.idle_connection_timeout,
+        "reconnect_min" => &mut timers.reconnect_min,
+        "reconnect_max" => &mut timers.reconnect_max,
+        "autonat_probe" => &mut timers.autonat_probe,
+        "request_timeout" => &mut timers.request_timeout,
+        _ => bail!("no kith-net timer called {name:?}"),
+    };
+    *field = value;
+    Ok(())
+}
+
 /// Starts an engine with a desktop client's defaults, listening on TCP
 /// on 127.0.0.1 only.
 fn start_engine(
     dir: &Path,
     name: &str,
     bootstrap: &[Multiaddr],
-    request_poll: Option<Duration>,
+    params: &IdleParams,
 ) -> anyhow::Result<(Engine, Events)> {
     let backend = SledBackend::open(&dir.join(name))?;
     let store = Store::open(Arc::new(backend), None, kith_core::SCHEMA_VERSION, &[])?;
@@ -266,23 +308,27 @@ fn start_engine(
     let mut net = kith_net::Config::new(identity.device.clone(), kith_net::Role::Client);
     net.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     net.bootstrap = bootstrap.to_vec();
+    net.timers = params.timers.clone();
     let mut config = engine::Config::new(identity, store, net);
     config.display_name = name.into();
-    if let Some(poll) = request_poll {
+    if let Some(poll) = params.request_poll {
         config.request_poll = poll;
+    }
+    if let Some(every) = params.mail_fetch {
+        config.mailbox.fetch_every = every;
     }
     let (engine, events) = engine::start(config)?;
     Ok((engine, Box::pin(events)))
 }
 
 /// Runs the scenario with the `kithd` binary at `kithd`.
-pub async fn run(
-    kithd: &Path,
-    nodes: usize,
-    warmup: Duration,
-    secs: u64,
-    request_poll: Option<Duration>,
-) -> anyhow::Result<IdleResult> {
+pub async fn run(kithd: &Path, params: &IdleParams) -> anyhow::Result<IdleResult> {
+    let IdleParams {
+        nodes,
+        warmup,
+        secs,
+        ..
+    } = *params;
     if nodes < 2 || !nodes.is_multiple_of(2) {
         bail!("--nodes must be an even number of at least 2 (clients come in pairs)");
     }
@@ -295,7 +341,7 @@ pub async fn run(
             dir.path(),
             &format!("client{i}"),
             &bootstrap,
-            request_poll,
+            params,
         )?);
     }
     let mut pairs = Vec::with_capacity(nodes / 2);
@@ -383,6 +429,17 @@ mod tests {
 ESTAB 0      0      127.0.0.1:37230 127.0.0.1:45567 users:((\"python3\",pid=22655,fd=3)) ino:223492 sk:2 cgroup:/ <-> ts sack bbr wscale:10,10 rto:204 cwnd:11 bytes_sent:6 bytes_acked:7 segs_out:3 segs_in:2 data_segs_out:1 lastsnd:312
 ESTAB 0      0      127.0.0.1:5000 127.0.0.1:6000 ino:77 sk:3 bytes_sent:99 segs_out:9
 TIME-WAIT 0      0      127.0.0.1:5001 127.0.0.1:6001 ino:0 sk:4";
+
+    #[test]
+    fn timers_are_set_by_name() {
+        let mut timers = Timers::default();
+        set_timer(&mut timers, "kad_replication", Duration::from_secs(60)).unwrap();
+        set_timer(&mut timers, "ping_interval", Duration::from_secs(7)).unwrap();
+        assert_eq!(timers.kad_replication, Duration::from_secs(60));
+        assert_eq!(timers.ping_interval, Duration::from_secs(7));
+        assert_eq!(timers.kad_bootstrap, Timers::default().kad_bootstrap);
+        assert!(set_timer(&mut timers, "ping", Duration::from_secs(1)).is_err());
+    }
 
     #[test]
     fn ss_lines_are_read_with_their_owners() {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kith_bench::{chat, connect, dht, emit, emit_percentiles, idle, memory, offline, proc};
 
@@ -77,6 +78,10 @@ enum Scenario {
         /// who looks up whom, who leaves).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Stop with an error once the process holds more memory than this
+        /// (MiB), rather than crowd out others on the machine.
+        #[arg(long, default_value_t = 12_288)]
+        max_rss_mb: u64,
     },
     /// Resident memory of one idle client (`kith daemon`) and of one idle
     /// kithd, each in its own process, after a warm-up.
@@ -112,6 +117,15 @@ enum Scenario {
         /// the engine's, 60 s), to see what the polls cost.
         #[arg(long, value_name = "SECS")]
         request_poll: Option<u64>,
+        /// Seconds between fetches of each client's mail (default: the
+        /// engine's, 300 s; it also fetches at every request poll).
+        #[arg(long, value_name = "SECS")]
+        mail_fetch: Option<u64>,
+        /// Sets one of the clients' kith-net timers (a field of
+        /// `kith_net::Timers`, such as `kad_replication=60`), to bring a
+        /// slow timer into the window; repeatable.
+        #[arg(long, value_name = "NAME=SECS")]
+        net_timer: Vec<String>,
         /// The kithd binary (default: the one beside kith-bench).
         #[arg(long, value_name = "PATH")]
         kithd: Option<PathBuf>,
@@ -192,6 +206,7 @@ fn main() -> anyhow::Result<()> {
             lookups,
             churn,
             seed,
+            max_rss_mb,
         } => {
             anyhow::ensure!(lookups > 0, "--lookups must be at least 1");
             anyhow::ensure!((0.0..1.0).contains(&churn), "--churn must be in [0, 1)");
@@ -201,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                 lookups,
                 churn,
                 seed,
+                max_rss_kb: max_rss_mb.saturating_mul(1024),
             };
             let result = runtime.block_on(dht::run(&params))?;
             let runs = result.lookup_ms.len() as f64;
@@ -241,6 +257,8 @@ fn main() -> anyhow::Result<()> {
                 result.rss_kb_before as f64,
             )?;
             emit(&mut out, "dht", "settle_s", result.settle_s)?;
+            emit(&mut out, "dht", "connections_per_node", result.connections)?;
+            emit(&mut out, "dht", "routing_entries_per_node", result.table)?;
             emit(
                 &mut out,
                 "dht",
@@ -280,17 +298,31 @@ fn main() -> anyhow::Result<()> {
             secs,
             warmup,
             request_poll,
+            mail_fetch,
+            net_timer,
             kithd,
         } => {
             anyhow::ensure!(secs > 0, "--secs must be at least 1");
+            let mut timers = kith_net::Timers::default();
+            for setting in &net_timer {
+                let (name, value) = setting
+                    .split_once('=')
+                    .with_context(|| format!("--net-timer {setting:?}: expected NAME=SECS"))?;
+                let secs: u64 = value
+                    .parse()
+                    .with_context(|| format!("--net-timer {setting:?}: seconds expected"))?;
+                idle::set_timer(&mut timers, name, Duration::from_secs(secs))?;
+            }
             let binary = proc::kithd_binary(kithd)?;
-            let result = runtime.block_on(idle::run(
-                &binary,
+            let params = idle::IdleParams {
                 nodes,
-                Duration::from_secs(warmup),
+                warmup: Duration::from_secs(warmup),
                 secs,
-                request_poll.map(Duration::from_secs),
-            ))?;
+                request_poll: request_poll.map(Duration::from_secs),
+                mail_fetch: mail_fetch.map(Duration::from_secs),
+                timers,
+            };
+            let result = runtime.block_on(idle::run(&binary, &params))?;
             let per_node_min = |total: f64| total / nodes as f64 * 60.0 / result.window_s;
             let per_min = |total: f64| total * 60.0 / result.window_s;
             for (metric, value) in [
