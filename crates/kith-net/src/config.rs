@@ -52,7 +52,10 @@ pub struct RelayLimits {
     pub max_reservations: usize,
     /// Reservations per peer.
     pub max_reservations_per_peer: usize,
-    /// How long a reservation lasts before the client must renew it.
+    /// How long a reservation lasts: 1 h. Clients renew after three
+    /// quarters of it (libp2p's relay client), one request and answer
+    /// every 45 min; the reservation keeps the client's connection to the
+    /// node open, which is what [`Timers::ping_interval`] then pings.
     pub reservation_duration: Duration,
     /// Circuits relayed at once.
     pub max_circuits: usize,
@@ -78,35 +81,88 @@ impl Default for RelayLimits {
     }
 }
 
-/// Every periodic timer the node runs. Idle traffic is the sum of these;
-/// issue 9 tunes them against measurements.
+/// Every periodic timer the node runs, and the waits that bound its
+/// requests.
+///
+/// An idle node's traffic is the sum of what these send. The defaults
+/// were chosen against `kith-bench idle` (issue 9; figures and the reading
+/// in `BENCHMARKS.md`, one row per timer in `docs/network.md`): together
+/// they cost a publicly reachable client about 5 KB a minute, a client
+/// behind NAT far less; most of an idle client's traffic is the engine's
+/// own polling of its request drop and mailbox. The relay
+/// reservation's lifetime is set on the serving node, in
+/// [`RelayLimits::reservation_duration`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timers {
-    /// Lifetime of a published presence entry.
+    /// Lifetime of a published presence entry: 2 h, twice the republish
+    /// interval, so one missed republication does not make a device
+    /// unreachable, while a device that vanished stops being listed within
+    /// two hours. Costs no traffic of its own.
     pub presence_ttl: Duration,
-    /// Republish interval of our own presence entry (well before expiry).
+    /// Republish interval of our own presence entry: 1 h. Each
+    /// republication is one closest-peers query and a put to the (up to
+    /// 20) closest DHT nodes, about 63 KB in `kith-bench idle`, 1 KB a
+    /// minute. Address changes republish at once (after
+    /// [`Self::presence_debounce`]), so this only refreshes the TTL, and it
+    /// must stay well under [`Self::presence_ttl`].
     pub presence_republish: Duration,
-    /// Wait after an address change before republishing, so a burst of
-    /// changes costs one publication.
+    /// Wait after an address change before republishing: 250 ms, so a
+    /// burst of changes (a relay reservation and an AutoNAT confirmation
+    /// together, say) costs one publication.
     pub presence_debounce: Duration,
-    /// Kademlia routing-table refresh.
+    /// Kademlia routing-table refresh (and Identify's re-send interval):
+    /// 2 h. A refresh walks the routing table's buckets and re-sends
+    /// Identify on every open connection; `kith-bench idle` measured one
+    /// round at about 300 KB per publicly reachable client (the 30 min
+    /// used before: 10 KB a minute, more than the whole idle budget). The
+    /// table also learns from every query the node makes (presence, request
+    /// drops, mailboxes), so a slow refresh loses little. While the table
+    /// holds fewer than 10 peers the bootstrap is retried sooner, 1 s
+    /// doubling up to this interval.
     pub kad_bootstrap: Duration,
-    /// How often DHT nodes re-send stored records to the closest peers.
+    /// How often a DHT server re-sends every record it stores to the
+    /// closest peers: 6 h. Records are kept fresh by their owners —
+    /// presence every [`Self::presence_republish`], request drops by their
+    /// sender before they expire — so replication only carries the records
+    /// of owners who are away; one round cost about 480 KB per publicly
+    /// reachable client in `kith-bench idle` (8 KB a minute at the 1 h used
+    /// before). `kith-bench dht` found every entry with a fifth of the
+    /// nodes gone and no replication at all. Clients in Kademlia client
+    /// mode store nothing and send nothing for it.
     pub kad_replication: Duration,
-    /// Kademlia query timeout.
+    /// Longest a Kademlia query (lookup, put, closest peers) runs: 20 s.
+    /// Costs no idle traffic; bounds how long a lookup through unreachable
+    /// peers waits.
     pub kad_query_timeout: Duration,
-    /// Keep-alive ping interval on open connections.
+    /// Keep-alive ping on each open connection: 3 min. Both ends ping, so
+    /// a connection carries two 32-byte round trips every 3 min, about 250
+    /// bytes of payload. A client behind NAT keeps one connection open, to
+    /// the node holding its relay reservation, and the pings keep that
+    /// connection's NAT mapping alive: 3 min is under the shortest idle
+    /// timeouts for TCP in common use (4 min on Azure's NAT and load
+    /// balancers, 350 s on AWS NAT gateways). A publicly reachable client also keeps open the connections
+    /// its periodic DHT queries reuse, and pays for every one of them
+    /// (the 60 s used before cost about 4.3 KB a minute for 18 such
+    /// connections). Pings do not keep a connection open, and a failed
+    /// ping does not close one.
     pub ping_interval: Duration,
-    /// Connections with no open streams close after this.
+    /// Connections with no open streams close after this: 120 s. Long
+    /// enough that friends chatting keep one connection between messages,
+    /// short enough that peers met in a lookup cost nothing for long.
     pub idle_connection_timeout: Duration,
-    /// First redial delay after losing every bootstrap node.
+    /// First redial delay after losing every bootstrap node, and the first
+    /// retry of a failed publication: 1 s, doubling (jittered).
     pub reconnect_min: Duration,
-    /// Longest redial delay.
+    /// Longest redial or retry delay: 5 min. Only a node that lost its
+    /// contacts waits this long; nothing is sent while connected.
     pub reconnect_max: Duration,
-    /// AutoNAT probe interval.
+    /// AutoNAT check: 60 s. Each check asks a server to dial back only the
+    /// address candidates not tested yet, so with stable addresses it
+    /// sends nothing; a new address is tested within a minute.
     pub autonat_probe: Duration,
     /// Longest wait for the answer to a direct request, and longest we
-    /// keep an inbound request open for the application to answer.
+    /// keep an inbound request open for the application: 30 s. No idle
+    /// traffic.
     pub request_timeout: Duration,
 }
 
@@ -116,10 +172,10 @@ impl Default for Timers {
             presence_ttl: Duration::from_secs(2 * 3600),
             presence_republish: Duration::from_secs(3600),
             presence_debounce: Duration::from_millis(250),
-            kad_bootstrap: Duration::from_secs(30 * 60),
-            kad_replication: Duration::from_secs(3600),
+            kad_bootstrap: Duration::from_secs(2 * 3600),
+            kad_replication: Duration::from_secs(6 * 3600),
             kad_query_timeout: Duration::from_secs(20),
-            ping_interval: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(180),
             idle_connection_timeout: Duration::from_secs(120),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(300),
