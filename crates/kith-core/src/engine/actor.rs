@@ -1429,7 +1429,7 @@ impl Actor {
                 ..
             }) => {
                 let friend = *friend;
-                self.locate_keys(friend, *peer);
+                self.locate_friend(friend);
                 return Err(Refusal::Busy);
             }
             Some(Device {
@@ -1614,14 +1614,27 @@ impl Actor {
         let Ok(opened) = envelope::open(&self.identity.account, bytes) else {
             return Ack::Refused(Refusal::Unreadable);
         };
-        match Payload::decode(&opened.payload) {
+        self.take_sealed(&opened.sender, &opened.payload, Some(peer), ops, events)
+    }
+
+    /// What a sealed envelope from `sender` carried, directly from the
+    /// device `via` or as mail (`None`): a friend acceptance, or a friend's
+    /// device list (a device of theirs we did not know introducing itself,
+    /// `fanout.rs`).
+    fn take_sealed(
+        &mut self,
+        sender: &AccountPublicKey,
+        payload: &[u8],
+        via: Option<&PeerId>,
+        ops: &mut Vec<Op>,
+        events: &mut Vec<Event>,
+    ) -> Ack {
+        match Payload::decode(payload) {
             Ok(Payload::FriendAccept(accept)) => {
-                self.take_accept(&opened.sender, &accept, Some(peer), ops, events)
+                self.take_accept(sender, &accept, via, ops, events)
             }
-            // A friend's device we do not know yet introduces itself with
-            // their list, signed by their account (`fanout.rs`).
-            Ok(Payload::Devices(list)) if self.friends.contains_key(&opened.sender.to_bytes()) => {
-                self.take_friend_list(&opened.sender, &list, ops);
+            Ok(Payload::Devices(list)) if self.friends.contains_key(&sender.to_bytes()) => {
+                self.take_friend_list(sender, &list, ops);
                 Ack::Stored
             }
             _ => Ack::Refused(Refusal::Unreadable),
@@ -1981,13 +1994,8 @@ impl Actor {
                             .is_some_and(|d| !d.in_flight && now >= d.next_attempt)
                 })
             });
-            if due
-                && let Some(share) = self
-                    .friends
-                    .get(friend_bytes)
-                    .map(|f| f.record.card.presence.clone())
-            {
-                self.locate(*friend_bytes, share);
+            if due {
+                self.locate_friend(*friend_bytes);
             }
             return;
         }
@@ -2216,9 +2224,8 @@ impl Actor {
         });
     }
 
-    /// A message came from a listed device of `friend` whose keys are not
-    /// known yet: look them up.
-    fn locate_keys(&mut self, friend: [u8; 32], _peer: PeerId) {
+    /// Looks `friend`'s devices up (`locate`, with their presence share).
+    fn locate_friend(&mut self, friend: [u8; 32]) {
         if let Some(share) = self
             .friends
             .get(&friend)

@@ -684,15 +684,7 @@ impl Actor {
             if let Ok(inner) = envelope::open(&self.identity.account, &sealed)
                 && inner.sender == sender
             {
-                match Payload::decode(&inner.payload) {
-                    Ok(Payload::FriendAccept(accept)) => {
-                        self.take_accept(&sender, &accept, None, &mut ops, &mut events);
-                    }
-                    Ok(Payload::Devices(list)) if self.friends.contains_key(&sender.to_bytes()) => {
-                        self.take_friend_list(&sender, &list, &mut ops);
-                    }
-                    _ => {}
-                }
+                self.take_sealed(&sender, &inner.payload, None, &mut ops, &mut events);
             }
         }
         let mut delivered: HashMap<[u8; 32], Vec<MessageId>> = HashMap::new();

@@ -82,22 +82,13 @@ impl Actor {
             if self.siblings.contains_key(&peer) {
                 continue;
             }
-            let (known, mailed) = records::get::<(Option<Vec<u8>>, Option<Vec<u8>>)>(
-                &self.store,
-                SIBLINGS,
-                &peer.to_bytes(),
-            )
-            .ok()
-            .flatten()
-            .map(|(known, _mailed)| {
-                // What was mailed is not trusted across a restart: an item
-                // may have expired or gone with its volunteers, and mailing
-                // again from what the sibling is known to hold costs only
-                // duplicates.
-                let read = |v: Option<Vec<u8>>| v.and_then(|b| VersionVector::decode(&b).ok());
-                (read(known), None)
-            })
-            .unwrap_or_default();
+            // What was mailed is not kept across a restart: an item may
+            // have expired or gone with its volunteers, and mailing again
+            // from what the sibling is known to hold costs only duplicates.
+            let known = records::get::<Vec<u8>>(&self.store, SIBLINGS, &peer.to_bytes())
+                .ok()
+                .flatten()
+                .and_then(|bytes| VersionVector::decode(&bytes).ok());
             self.siblings.insert(
                 peer,
                 Sibling {
@@ -107,7 +98,7 @@ impl Actor {
                     backoff: self.retry_min,
                     known,
                     unreachable: false,
-                    mailed,
+                    mailed: None,
                     mailing: false,
                     next_mail: Instant::now(),
                     mail_due: None,
@@ -116,17 +107,39 @@ impl Actor {
         }
     }
 
-    /// Remembers what `peer` holds and what was mailed to it, so a restart
-    /// does not mail it everything again.
+    /// Remembers what `peer` holds, so a restart does not mail it
+    /// everything again.
     fn keep_sibling(&mut self, peer: &PeerId) {
-        let Some(sibling) = self.siblings.get(peer) else {
+        let Some(known) = self.siblings.get(peer).and_then(|s| s.known.as_ref()) else {
             return;
         };
-        let record = (
-            sibling.known.as_ref().map(VersionVector::encode),
-            sibling.mailed.as_ref().map(VersionVector::encode),
-        );
+        let record = known.encode();
         self.stage(vec![records::put(SIBLINGS, peer.to_bytes(), &record)]);
+    }
+
+    /// Takes in what the sibling `from` sent, directly or by mail: its ops,
+    /// and what it holds. Nothing changes when either does not decode.
+    /// Returns how many of the ops wait for earlier ones (held in memory
+    /// only).
+    fn take_from_sibling(
+        &mut self,
+        from: &PeerId,
+        request: &SyncRequest,
+        ops: &mut Vec<kith_store::Op>,
+        events: &mut Vec<Event>,
+    ) -> Result<usize, SyncRefusal> {
+        let held = VersionVector::decode(&request.held).map_err(|_| SyncRefusal::Unreadable)?;
+        let batch = if request.batch.is_empty() {
+            Vec::new()
+        } else {
+            kith_sync::decode_batch(&request.batch).map_err(|_| SyncRefusal::Unreadable)?
+        };
+        let waiting = self.ingest_ops(batch, ops, events);
+        if let Some(sibling) = self.siblings.get_mut(from) {
+            sibling.known = Some(held);
+        }
+        self.keep_sibling(from);
+        Ok(waiting)
     }
 
     /// A sibling connected: exchange what each holds.
@@ -268,7 +281,6 @@ impl Actor {
             Some(after) => {
                 sibling.mailed = Some(after);
                 sibling.next_mail = Instant::now();
-                self.keep_sibling(&peer);
             }
             None => {
                 sibling.next_mail = Instant::now() + jitter(retry_max);
@@ -300,25 +312,13 @@ impl Actor {
         if !self.siblings.contains_key(&from) {
             return true;
         }
-        let batch = if mail.request.batch.is_empty() {
-            Ok(Vec::new())
-        } else {
-            kith_sync::decode_batch(&mail.request.batch)
-        };
-        let mut waiting = 0;
-        if let Ok(batch) = batch {
-            waiting = self.ingest_ops(batch, ops, events);
-        }
-        if let (Some(sibling), Ok(held)) = (
-            self.siblings.get_mut(&from),
-            VersionVector::decode(&mail.request.held),
-        ) {
-            sibling.known = Some(held);
-        }
-        self.keep_sibling(&from);
         // Ops that wait for earlier ones live only in memory: keep the item
-        // with the volunteers until the gap is filled.
-        waiting == 0
+        // with the volunteers until the gap is filled. One that does not
+        // decode is done with.
+        !matches!(
+            self.take_from_sibling(&from, &mail.request, ops, events),
+            Ok(waiting) if waiting > 0
+        )
     }
 
     fn push_to_sibling(&mut self, peer: PeerId) {
@@ -476,26 +476,16 @@ impl Actor {
             }
             return;
         }
-        let (Ok(held), Ok(batch)) = (
-            VersionVector::decode(&sync.held),
-            if sync.batch.is_empty() {
-                Ok(Vec::new())
-            } else {
-                kith_sync::decode_batch(&sync.batch)
-            },
-        ) else {
-            refuse(request, SyncRefusal::Unreadable);
-            return;
-        };
         let mut ops = Vec::new();
         // Ops that wait for earlier ones are not stored; the sender learns
         // from the answer that they are not held and sends them again.
-        self.ingest_ops(batch, &mut ops, &mut events);
+        if let Err(why) = self.take_from_sibling(&peer, &sync, &mut ops, &mut events) {
+            refuse(request, why);
+            return;
+        }
         if let Some(sibling) = self.siblings.get_mut(&peer) {
-            sibling.known = Some(held);
             sibling.unreachable = false;
         }
-        self.keep_sibling(&peer);
         self.stage(ops);
         let answer = frame::encode_sync_response(&SyncResponse::Held(
             self.replica.version_vector().encode(),
