@@ -27,7 +27,6 @@ use kith_store::{KdfParams, Passphrase, Store};
 /// Kith: a peer-to-peer messenger with no server in the middle.
 #[derive(Debug, Parser)]
 #[command(name = "kith", version, about, long_about = None)]
-#[command(arg_required_else_help = true)]
 pub struct Cli {
     /// Profile to use: a separate identity, friends and history. Profiles
     /// live under $KITH_HOME/profiles/, or the platform data folder.
@@ -58,9 +57,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub mdns: bool,
 
-    /// What to do.
+    /// What to do; with none, the app's window opens.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// Top-level commands.
@@ -247,6 +246,9 @@ pub enum IdCommand {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
+    /// The window could not open.
+    #[error("the window: {0}")]
+    Window(String),
     /// A profile problem.
     #[error(transparent)]
     Profile(#[from] ProfileError),
@@ -312,7 +314,15 @@ pub enum CliError {
 
 /// Runs one command, writing its output to `out`.
 pub fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
-    match &cli.command {
+    let Some(command) = &cli.command else {
+        let options = crate::gui::Options {
+            profile: cli.profile.clone(),
+            home: None,
+            node: node_options(cli)?,
+        };
+        return crate::gui::run(options).map_err(|e| CliError::Window(e.to_string()));
+    };
+    match command {
         Command::Id(command) => run_id(cli, command, out),
         Command::Device(DeviceCommand::Link {
             passphrase,
@@ -354,7 +364,7 @@ pub fn node_options(cli: &Cli) -> Result<NodeOptions, CliError> {
         mdns: cli.mdns,
         request_poll: None,
         volunteer_mb: match cli.command {
-            Command::Daemon { volunteer } => volunteer,
+            Some(Command::Daemon { volunteer }) => volunteer,
             _ => None,
         },
     })
@@ -581,11 +591,11 @@ mod tests {
         .unwrap();
         assert_eq!(cli.profile, "desktop");
         assert!(cli.json);
-        let Command::Device(DeviceCommand::Link {
+        let Some(Command::Device(DeviceCommand::Link {
             passphrase,
             png,
             yes,
-        }) = cli.command
+        })) = cli.command
         else {
             panic!("{:?}", cli.command);
         };
@@ -594,18 +604,18 @@ mod tests {
         let plain = parse(&["device", "link"]).unwrap();
         assert!(matches!(
             plain.command,
-            Command::Device(DeviceCommand::Link {
+            Some(Command::Device(DeviceCommand::Link {
                 passphrase: false,
                 png: None,
                 yes: false
-            })
+            }))
         ));
     }
 
     #[test]
     fn device_add_takes_a_code_or_a_picture_but_not_both() {
         let cli = parse(&["device", "add", "kith-link:ABC", "--name", "desktop"]).unwrap();
-        let Command::Device(DeviceCommand::Add { code, image, name }) = cli.command else {
+        let Some(Command::Device(DeviceCommand::Add { code, image, name })) = cli.command else {
             panic!("{:?}", cli.command);
         };
         assert_eq!(code.as_deref(), Some("kith-link:ABC"));
@@ -613,7 +623,7 @@ mod tests {
         assert_eq!(name.as_deref(), Some("desktop"));
 
         let cli = parse(&["device", "add", "--image", "qr.png"]).unwrap();
-        let Command::Device(DeviceCommand::Add { code, image, name }) = cli.command else {
+        let Some(Command::Device(DeviceCommand::Add { code, image, name })) = cli.command else {
             panic!("{:?}", cli.command);
         };
         assert_eq!((code, name), (None, None));
@@ -624,14 +634,14 @@ mod tests {
         assert!(parse(&["device", "list", "extra"]).is_err());
         assert!(matches!(
             parse(&["device", "list"]).unwrap().command,
-            Command::Device(DeviceCommand::List)
+            Some(Command::Device(DeviceCommand::List))
         ));
     }
 
     #[test]
     fn device_remove_takes_exactly_one_device() {
         let cli = parse(&["--profile", "laptop", "device", "remove", "desktop"]).unwrap();
-        let Command::Device(DeviceCommand::Remove { device }) = cli.command else {
+        let Some(Command::Device(DeviceCommand::Remove { device })) = cli.command else {
             panic!("{:?}", cli.command);
         };
         assert_eq!(device, "desktop");

@@ -213,6 +213,19 @@ pub fn start_engine(
         .load_identity(passphrase.as_ref())
         .map_err(|e| ControlError::Start(e.to_string()))?;
     let store = open_store(profile, passphrase.as_ref())?;
+    start_opened(profile, passphrase, identity, store, options)
+}
+
+/// Starts the engine of a profile whose identity and store are already
+/// open (the window opens them first, to report a wrong passphrase on its
+/// unlock screen).
+pub fn start_opened(
+    profile: &Profile,
+    passphrase: Option<Passphrase>,
+    identity: kith_store::profile::Identity,
+    store: Store,
+    options: &NodeOptions,
+) -> Result<(Engine, impl futures::Stream<Item = Event> + Unpin + use<>), ControlError> {
     let device = identity.device.clone();
     let account = identity.account.public();
     let net = net_config(identity.device.clone(), options)?;

@@ -197,7 +197,7 @@ fn is_yes(answer: &str) -> bool {
 /// Writes the new profile: its store, seeded with what was handed over,
 /// then its identity file (the commit point). Undoes the store if
 /// anything fails.
-fn commit(
+pub(crate) fn commit(
     profile: &Profile,
     device: DeviceKeypair,
     bundle: &LinkBundle,

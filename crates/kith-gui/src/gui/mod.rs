@@ -1,0 +1,53 @@
+//! The desktop window (`kith` with no command): iced 0.14.
+//!
+//! [`app`] holds the state and turns what the user does into engine
+//! calls; [`view`] draws it; [`bridge`] opens the profile, runs the engine
+//! behind a keyed subscription and serves the control socket alongside.
+//! Like the command line, the window holds no protocol logic: it renders
+//! engine state and forwards what the user asks for.
+
+pub mod app;
+pub mod bridge;
+pub mod view;
+
+pub use app::{App, Message, Options};
+
+/// The fonts the window uses, shipped inside the binary so it looks the
+/// same on every desktop (DejaVu, under its own free licence:
+/// `assets/fonts/LICENSE-DejaVu.txt`).
+pub mod fonts {
+    use iced::Font;
+
+    /// Body text.
+    pub const REGULAR: Font = Font::with_name("DejaVu Sans");
+    /// Headings and names.
+    pub const BOLD: Font = Font {
+        weight: iced::font::Weight::Bold,
+        ..REGULAR
+    };
+    /// IDs, codes and safety numbers.
+    pub const MONO: Font = Font::with_name("DejaVu Sans Mono");
+
+    /// The font files, to load at start.
+    pub const FILES: [&[u8]; 3] = [
+        include_bytes!("../../assets/fonts/DejaVuSans.ttf"),
+        include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf"),
+        include_bytes!("../../assets/fonts/DejaVuSansMono.ttf"),
+    ];
+}
+
+/// Opens the window and runs until it is closed.
+pub fn run(options: Options) -> iced::Result {
+    let mut application =
+        iced::application(move || App::new(options.clone()), App::update, App::view)
+            .title(App::title)
+            .theme(App::theme)
+            .subscription(App::subscription)
+            .default_font(fonts::REGULAR)
+            .window_size((1100.0, 720.0))
+            .exit_on_close_request(false);
+    for file in fonts::FILES {
+        application = application.font(file);
+    }
+    application.run()
+}
