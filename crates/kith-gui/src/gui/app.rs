@@ -42,6 +42,16 @@ const MAX_FIELD: usize = 4096;
 pub const MESSAGES: &str = "messages";
 /// The composer.
 pub const COMPOSER: &str = "composer";
+/// The first-run name field.
+pub const SETUP_NAME: &str = "setup-name";
+/// The first-run passphrase fields.
+pub const SETUP_PASSPHRASE: [&str; 2] = ["setup-passphrase", "setup-repeat"];
+/// The unlock field.
+pub const UNLOCK: &str = "unlock";
+/// The add-a-friend ID field.
+pub const ADD_ID: &str = "add-id";
+/// The add-a-friend note field.
+pub const ADD_NOTE: &str = "add-note";
 
 /// How the window starts.
 #[derive(Debug, Clone, Default)]
@@ -218,6 +228,7 @@ pub struct App {
     /// The window has the keyboard focus.
     pub focused: bool,
     closing: bool,
+    closed: bool,
 }
 
 /// A line at the top of the window.
@@ -425,6 +436,7 @@ impl App {
             session: None,
             focused: true,
             closing: false,
+            closed: false,
         };
         let profile = match bridge::locate(app.options.home.as_deref(), &app.options.profile) {
             Ok(profile) => profile,
@@ -467,6 +479,11 @@ impl App {
     /// The engine session to subscribe to, if one runs.
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
+    }
+
+    /// The engine has stopped after the user closed the window.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// The window title.
@@ -527,7 +544,10 @@ impl App {
             }
             Message::Engine(update) => self.on_engine(update),
             Message::CloseRequested(id) => self.close(id),
-            Message::Closed => iced::exit(),
+            Message::Closed => {
+                self.closed = true;
+                iced::exit()
+            }
             Message::Window(event) => {
                 match event {
                     window::Event::Focused => {

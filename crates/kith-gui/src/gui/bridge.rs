@@ -188,6 +188,11 @@ impl Session {
     pub fn new(id: u64, opened: Slot<Opened>) -> Self {
         Self { id, opened }
     }
+
+    /// Which session this is.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Hash for Session {

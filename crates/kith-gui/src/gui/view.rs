@@ -11,7 +11,8 @@ use kith_core::history::Author;
 use kith_proto::wire::Timestamp;
 
 use super::app::{
-    App, COMPOSER, Chat, Confirm, MESSAGES, Main, Message, Notice, Phase, Screen, Setup, Unlock,
+    ADD_ID, ADD_NOTE, App, COMPOSER, Chat, Confirm, MESSAGES, Main, Message, Notice, Phase,
+    SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, UNLOCK, Unlock,
 };
 use super::bridge::ThemeChoice;
 use super::fonts;
@@ -132,14 +133,17 @@ fn setup_view(setup: &Setup) -> Element<'_, Message> {
         heading("Welcome to Kith"),
         text("Chat with friends directly, with no company in the middle. Choose the name your friends will see."),
         text_input("Your name", &setup.name)
+            .id(SETUP_NAME)
             .on_input(Message::SetupName)
             .on_submit_maybe(create.clone()),
         text("A passphrase locks your messages on this computer. You can leave it empty.")
             .style(text::secondary),
         text_input("Passphrase (optional)", &setup.passphrase)
+            .id(SETUP_PASSPHRASE[0])
             .secure(true)
             .on_input(Message::SetupPassphrase),
         text_input("Passphrase again", &setup.repeat)
+            .id(SETUP_PASSPHRASE[1])
             .secure(true)
             .on_input(Message::SetupRepeat)
             .on_submit_maybe(create.clone()),
@@ -164,6 +168,7 @@ fn unlock_view(unlock: &Unlock) -> Element<'_, Message> {
             heading("Unlock Kith"),
             text("This profile is locked with a passphrase."),
             text_input("Passphrase", &unlock.passphrase)
+                .id(UNLOCK)
                 .secure(true)
                 .on_input(Message::UnlockPassphrase)
                 .on_submit_maybe(submit.clone()),
@@ -624,7 +629,8 @@ fn add_friend(main: &Main) -> Element<'_, Message> {
         "Add a friend",
         column![
             text("Paste their Kith ID or kith: link."),
-            text_input("KITH-…  or  kith:…", &add.id)
+            text_input("Their Kith ID, or a kith: link", &add.id)
+                .id(ADD_ID)
                 .font(fonts::MONO)
                 .on_input(Message::AddId)
                 .on_submit_maybe(send.clone()),
@@ -638,6 +644,7 @@ fn add_friend(main: &Main) -> Element<'_, Message> {
             .spacing(8),
             text("A note, so they know who you are:"),
             text_input("Hi, it's me from …", &add.note)
+                .id(ADD_NOTE)
                 .on_input(Message::AddNote)
                 .on_submit_maybe(send.clone()),
             button(text(if add.busy { "Sending…" } else { "Send request" })).on_press_maybe(send),

@@ -1,0 +1,423 @@
+//! The window's main flows, headless with iced_test: clicks and keys go
+//! through the real widgets (`Simulator`), the messages they produce go
+//! through [`App::update`], and the tasks that returns run on a Tokio
+//! runtime against real engines, real sled profiles and a real DHT node,
+//! all on 127.0.0.1. Engine events reach the window through the same
+//! subscription stream the app uses.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use iced::keyboard::key::Named;
+use iced_test::runtime::Action;
+use iced_test::runtime::task::into_stream;
+use iced_test::selector;
+use kith_core::engine::MessageState;
+use kith_core::history::Author;
+use kith_gui::control::NodeOptions;
+use kith_gui::gui::app::{
+    ADD_ID, ADD_NOTE, COMPOSER, Notice, Phase, SETUP_NAME, SETUP_PASSPHRASE, UNLOCK,
+};
+use kith_gui::gui::bridge::engine_updates;
+use kith_gui::gui::{App, Message, Options};
+use kith_net::Multiaddr;
+use kith_proto::DeviceKeypair;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(60);
+const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// One window, driven like a user would.
+struct Window {
+    app: App,
+    name: &'static str,
+    tx: mpsc::Sender<Message>,
+    rx: mpsc::Receiver<Message>,
+    subscribed: Option<u64>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Window {
+    fn open(
+        runtime: &tokio::runtime::Runtime,
+        home: &Path,
+        name: &'static str,
+        bootstrap: &[Multiaddr],
+    ) -> Self {
+        let options = Options {
+            profile: name.to_owned(),
+            home: Some(home.to_owned()),
+            node: NodeOptions {
+                bootstrap: bootstrap.to_vec(),
+                listen: vec![LOOPBACK.parse().unwrap()],
+                mdns: false,
+                request_poll: Some(Duration::from_secs(1)),
+                volunteer_mb: None,
+            },
+        };
+        let _guard = runtime.enter();
+        let (app, task) = App::new(options);
+        let (tx, rx) = mpsc::channel(1024);
+        let mut window = Window {
+            app,
+            name,
+            tx,
+            rx,
+            subscribed: None,
+            runtime: runtime.handle().clone(),
+        };
+        window.run(task);
+        window.subscribe();
+        window
+    }
+
+    /// Runs a task as the iced runtime would: its messages come back.
+    fn run(&mut self, task: iced::Task<Message>) {
+        let Some(stream) = into_stream(task) else {
+            return;
+        };
+        let tx = self.tx.clone();
+        self.runtime.spawn(async move {
+            let mut stream = stream;
+            while let Some(action) = stream.next().await {
+                // Clipboard, focus and window actions have no window here.
+                if let Action::Output(message) = action {
+                    let _ = tx.send(message).await;
+                }
+            }
+        });
+    }
+
+    /// Starts the engine subscription when the app asks for one.
+    fn subscribe(&mut self) {
+        let Some(session) = self.app.session() else {
+            return;
+        };
+        if self.subscribed == Some(session.id()) {
+            return;
+        }
+        self.subscribed = Some(session.id());
+        let updates = engine_updates(session);
+        let tx = self.tx.clone();
+        self.runtime.spawn(async move {
+            let mut updates = std::pin::pin!(updates);
+            while let Some(update) = updates.next().await {
+                if tx.send(Message::Engine(update)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn dispatch(&mut self, message: Message) {
+        let task = {
+            let _guard = self.runtime.enter();
+            self.app.update(message)
+        };
+        self.run(task);
+        self.subscribe();
+    }
+
+    /// Handles what arrives until `done` holds.
+    fn until(&mut self, what: &str, done: impl Fn(&App) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.app) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{}: {what} did not happen within {WAIT:?}; notice: {:?}",
+                self.name,
+                self.app.notice
+            );
+            let message = self.runtime.block_on(async {
+                tokio::time::timeout(left.min(Duration::from_millis(200)), self.rx.recv()).await
+            });
+            if let Ok(Some(message)) = message {
+                self.dispatch(message);
+            }
+        }
+    }
+
+    /// Handles what has arrived, without waiting.
+    fn settle(&mut self) {
+        while let Ok(message) = self.rx.try_recv() {
+            self.dispatch(message);
+        }
+    }
+
+    /// Interacts with the window as drawn now; the messages produced are
+    /// handled after.
+    fn with_ui(&mut self, act: impl FnOnce(&mut iced_test::Simulator<'_, Message>)) {
+        self.settle();
+        let messages: Vec<Message> = {
+            let mut ui = iced_test::simulator(self.app.view());
+            act(&mut ui);
+            ui.into_messages().collect()
+        };
+        for message in messages {
+            self.dispatch(message);
+        }
+    }
+
+    fn click(&mut self, label: &str) {
+        let name = self.name;
+        self.with_ui(|ui| {
+            if let Err(e) = ui.click(label) {
+                panic!("{name}: cannot click {label:?}: {e:?}");
+            }
+        });
+    }
+
+    fn sees(&mut self, text: &str) -> bool {
+        self.settle();
+        let mut ui = iced_test::simulator(self.app.view());
+        ui.find(text).is_ok()
+    }
+
+    /// Clicks the text field and types `text`, one key at a time, as a
+    /// user would (the field shows what was typed before each key).
+    fn type_into(&mut self, field: &'static str, text: &str) {
+        for c in text.chars() {
+            let name = self.name;
+            self.with_ui(|ui| {
+                if let Err(e) = ui.click(selector::id(field)) {
+                    panic!("{name}: cannot click field {field}: {e:?}");
+                }
+                // The click put the cursor where it landed.
+                ui.tap_key(Named::End);
+                ui.typewrite(&c.to_string());
+            });
+        }
+    }
+
+    /// Types into the composer and presses `key` at the end.
+    fn compose(&mut self, text: &str, then: Named) {
+        self.with_ui(|ui| {
+            ui.click(selector::id(COMPOSER)).expect("the composer");
+            ui.typewrite(text);
+            ui.tap_key(then);
+        });
+    }
+
+    /// Closes the window as the user would, and waits until the engine
+    /// has let go of the profile.
+    fn close(mut self, home: &Path) {
+        self.dispatch(Message::CloseRequested(iced::window::Id::unique()));
+        self.until("the engine stopping", App::closed);
+        let socket = home.join("profiles").join(self.name).join("kith.sock");
+        let deadline = Instant::now() + WAIT;
+        while socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the control socket stayed",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn main(&self) -> &kith_gui::gui::app::Main {
+        match &self.app.phase {
+            Phase::Running(main) => main,
+            _ => panic!("{} is not running", self.name),
+        }
+    }
+}
+
+fn running(app: &App) -> bool {
+    matches!(&app.phase, Phase::Running(main) if main.status.is_some() && main.id.is_some())
+}
+
+/// A DHT node on loopback for the windows to bootstrap from.
+fn dht_node(runtime: &tokio::runtime::Runtime) -> (kith_net::Client, Multiaddr) {
+    runtime.block_on(async {
+        let mut config = kith_net::Config::new(DeviceKeypair::generate(), kith_net::Role::Node);
+        config.listen = vec![LOOPBACK.parse().unwrap()];
+        let (client, mut events, event_loop) = kith_net::new(config, None).unwrap();
+        tokio::spawn(event_loop.run());
+        tokio::spawn(async move { while events.next().await.is_some() {} });
+        let addr = client.listen_addrs().await.unwrap()[0]
+            .clone()
+            .with(kith_net::Protocol::P2p(client.peer_id()));
+        (client, addr)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// First run: type a name, press the button, land in the messenger.
+fn create(window: &mut Window, name: &str) {
+    assert!(
+        window.sees("Welcome to Kith"),
+        "{}: no first-run screen",
+        window.name
+    );
+    window.type_into(SETUP_NAME, name);
+    window.click("Create my account");
+    window.until("the messenger opening", running);
+}
+
+#[test]
+fn a_new_profile_is_created_from_the_first_run_screen() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let (_node, addr) = dht_node(&runtime);
+    let mut alice = Window::open(&runtime, home.path(), "alice", std::slice::from_ref(&addr));
+    create(&mut alice, "Alice");
+    assert!(alice.sees("No friends yet."));
+
+    // The name typed is the one friends will see, and the ID is shown
+    // with its QR code under My ID.
+    let id = alice.main().id.as_ref().unwrap().0;
+    alice.click("My ID");
+    assert!(alice.sees(&id.to_string()));
+    assert!(alice.sees("Copy my ID"));
+
+    // The profile is on disk: a second start goes straight to the
+    // messenger with the same ID.
+    alice.close(home.path());
+    let mut again = Window::open(&runtime, home.path(), "alice", &[addr]);
+    again.until("the messenger opening again", running);
+    assert_eq!(again.main().id.as_ref().unwrap().0, id);
+}
+
+#[test]
+fn a_locked_profile_refuses_a_wrong_passphrase_and_opens_with_the_right_one() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let mut first = Window::open(&runtime, home.path(), "locked", &[]);
+    first.type_into(SETUP_NAME, "Sam");
+    first.type_into(SETUP_PASSPHRASE[0], "hunter22");
+    first.type_into(SETUP_PASSPHRASE[1], "hunter2");
+    first.click("Create my account");
+    // The two passphrases differ: nothing is created.
+    assert!(matches!(&first.app.notice, Some(Notice::Error(e)) if e.contains("differ")));
+    assert!(!home.path().join("profiles/locked/identity").exists());
+    first.type_into(SETUP_PASSPHRASE[1], "2");
+    first.click("Create my account");
+    first.until("the messenger opening", running);
+    let id = first.main().id.as_ref().unwrap().0;
+    first.close(home.path());
+
+    let mut window = Window::open(&runtime, home.path(), "locked", &[]);
+    assert!(window.sees("Unlock Kith"));
+    window.type_into(UNLOCK, "wrong");
+    window.click("Unlock");
+    window.until(
+        "the wrong passphrase refused",
+        |app| matches!(&app.notice, Some(Notice::Error(e)) if e.contains("wrong passphrase")),
+    );
+    assert!(window.sees("Unlock Kith"));
+    window.type_into(UNLOCK, "hunter22");
+    window.click("Unlock");
+    window.until("the messenger opening", running);
+    assert_eq!(window.main().id.as_ref().unwrap().0, id);
+}
+
+#[test]
+fn friends_by_pasted_id_accept_and_chat() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let (_node, addr) = dht_node(&runtime);
+    let mut alice = Window::open(&runtime, home.path(), "alice", std::slice::from_ref(&addr));
+    let mut bob = Window::open(&runtime, home.path(), "bob", &[addr]);
+    create(&mut alice, "Alice");
+    create(&mut bob, "Bob");
+    let alice_id = alice.main().id.as_ref().unwrap().0.to_string();
+
+    // Bob pastes Alice's ID with a note and sends the request.
+    bob.click("Add a friend");
+    bob.type_into(ADD_ID, &alice_id);
+    bob.type_into(ADD_NOTE, "from the club");
+    bob.click("Send request");
+    bob.until(
+        "the request sent",
+        |app| matches!(&app.notice, Some(Notice::Info(n)) if n.starts_with("Request sent")),
+    );
+
+    // Alice sees it under Requests, with Bob's name and note, and accepts.
+    alice.until(
+        "Bob's request arriving",
+        |app| matches!(&app.phase, Phase::Running(main) if !main.requests.is_empty()),
+    );
+    alice.click("Requests (1)");
+    assert!(alice.sees("Bob"));
+    assert!(alice.sees("“from the club”"));
+    alice.click("Accept");
+    alice.until("Bob becoming a friend", |app| {
+        matches!(&app.phase, Phase::Running(main) if main.friends.iter().any(|f| f.name == "Bob"))
+    });
+    bob.until("Alice becoming a friend", |app| {
+        matches!(&app.phase, Phase::Running(main) if main.friends.iter().any(|f| f.name == "Alice"))
+    });
+
+    // Bob opens the conversation, writes two lines (Shift+Enter between
+    // them would be a new line; Enter sends) and sees his message.
+    bob.click("Chats");
+    bob.click("Alice");
+    bob.compose("Hello Alice", Named::Enter);
+    bob.until("the message shown", |app| {
+        matches!(&app.phase, Phase::Running(main)
+            if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.body == "Hello Alice")))
+    });
+    assert!(bob.sees("Hello Alice"));
+    // The composer is empty again.
+    assert_eq!(bob.main().chat.as_ref().unwrap().composer.text().trim(), "");
+
+    // Alice sees it arrive, unread until she opens the conversation.
+    alice.until("the message counted unread", |app| {
+        matches!(&app.phase, Phase::Running(main) if main.friends.iter().any(|f| f.name == "Bob" && f.unread == 1))
+    });
+    // The side bar counts it.
+    alice.click("Chats (1)");
+    alice.click("Bob");
+    alice.until("the conversation loaded", |app| {
+        matches!(&app.phase, Phase::Running(main)
+            if main.chat.as_ref().is_some_and(|c| !c.loading && c.messages.iter().any(|m| m.body == "Hello Alice")))
+    });
+    assert!(alice.sees("Hello Alice"));
+    let message = alice
+        .main()
+        .chat
+        .as_ref()
+        .unwrap()
+        .messages
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(message.author, Author::Friend);
+
+    // Bob's copy moves on to read, and says so.
+    bob.until("the message read", |app| {
+        matches!(&app.phase, Phase::Running(main)
+            if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| matches!(m.state, Some(MessageState::Read { .. })))))
+    });
+    let read = bob
+        .main()
+        .chat
+        .as_ref()
+        .unwrap()
+        .messages
+        .iter()
+        .find_map(|m| match m.state {
+            Some(MessageState::Read { at }) => Some(at),
+            _ => None,
+        })
+        .unwrap();
+    assert!(bob.sees(&format!("read {}", kith_gui::gui::view::clock(read))));
+
+    // Alice answers with Enter too; Bob sees it.
+    alice.compose("Hi Bob", Named::Enter);
+    bob.until("Alice's answer", |app| {
+        matches!(&app.phase, Phase::Running(main)
+            if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.body == "Hi Bob")))
+    });
+    assert!(bob.sees("Hi Bob"));
+}
