@@ -319,6 +319,8 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
             profile: cli.profile.clone(),
             home: None,
             node: node_options(cli)?,
+            report: (std::env::var_os("KITH_GUI_REPORT").as_deref() == Some("1".as_ref()))
+                .then(std::time::Instant::now),
         };
         return crate::gui::run(options).map_err(|e| CliError::Window(e.to_string()));
     };

@@ -55,6 +55,7 @@ impl Window {
                 request_poll: Some(Duration::from_secs(1)),
                 volunteer_mb: None,
             },
+            report: None,
         };
         let _guard = runtime.enter();
         let (app, task) = App::new(options);

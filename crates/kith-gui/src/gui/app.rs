@@ -62,6 +62,22 @@ pub struct Options {
     pub home: Option<PathBuf>,
     /// Network settings from the command line.
     pub node: NodeOptions,
+    /// Measurement mode for `kith-bench gui` (`KITH_GUI_REPORT=1`): print
+    /// JSON lines on standard output when the first frame is drawn, and
+    /// after opening the first friend's conversation and scrolling back
+    /// through up to [`REPORT_MESSAGES`] messages; then close.
+    pub report: Option<Instant>,
+}
+
+/// How many messages the measurement mode scrolls back through.
+pub const REPORT_MESSAGES: usize = 1000;
+
+/// Where the measurement mode is.
+#[derive(Debug, Default)]
+struct Report {
+    first_frame: bool,
+    loaded: bool,
+    done: bool,
 }
 
 /// The screens of a running profile.
@@ -204,6 +220,8 @@ pub enum Message {
     SaveSettings,
 
     // The window.
+    /// A frame was drawn (measurement mode only).
+    Frame(Instant),
     Tick,
     /// Time to ask the engine how connected it is.
     RefreshStatus,
@@ -229,6 +247,7 @@ pub struct App {
     pub focused: bool,
     closing: bool,
     closed: bool,
+    report: Option<Report>,
 }
 
 /// A line at the top of the window.
@@ -437,7 +456,11 @@ impl App {
             focused: true,
             closing: false,
             closed: false,
+            report: None,
         };
+        if app.options.report.is_some() {
+            app.report = Some(Report::default());
+        }
         let profile = match bridge::locate(app.options.home.as_deref(), &app.options.profile) {
             Ok(profile) => profile,
             Err(e) => {
@@ -512,6 +535,9 @@ impl App {
             window::events().map(|(_, event)| Message::Window(event)),
             keyboard::listen().map(Message::Key),
         ];
+        if self.report.as_ref().is_some_and(|r| !r.done) {
+            subscriptions.push(window::frames().map(Message::Frame));
+        }
         if let Some(session) = &self.session {
             subscriptions.push(
                 Subscription::run_with(session.clone(), bridge::engine_updates)
@@ -537,7 +563,62 @@ impl App {
 
     /// Handles one message.
     pub fn update(&mut self, message: Message) -> Task<Message> {
+        let task = self.handle(message);
+        if self.report.is_some() {
+            return Task::batch([task, self.measure()]);
+        }
+        task
+    }
+
+    /// The measurement mode's next step: open the first conversation and
+    /// scroll back through it.
+    fn measure(&mut self) -> Task<Message> {
+        let (Some(report), Phase::Running(main)) = (&mut self.report, &mut self.phase) else {
+            return Task::none();
+        };
+        let Some(chat) = &mut main.chat else {
+            return match main.friends.first() {
+                Some(friend) => {
+                    let friend = friend.account;
+                    main.open(friend)
+                }
+                None => Task::none(),
+            };
+        };
+        if report.loaded || chat.loading {
+            return Task::none();
+        }
+        if chat.older.is_some() && chat.messages.len() < REPORT_MESSAGES {
+            chat.loading = true;
+            let (friend, older) = (chat.friend, chat.older.clone());
+            return main.history(friend, older, PAGE);
+        }
+        report.loaded = true;
+        Task::none()
+    }
+
+    fn on_frame(&mut self) -> Task<Message> {
+        let (Some(report), Some(started)) = (&mut self.report, self.options.report) else {
+            return Task::none();
+        };
+        let ms = started.elapsed().as_millis();
+        if !report.first_frame {
+            report.first_frame = true;
+            println!("{{\"event\":\"first_frame\",\"ms\":{ms}}}");
+        } else if report.loaded && !report.done {
+            report.done = true;
+            let messages = match &self.phase {
+                Phase::Running(main) => main.chat.as_ref().map_or(0, |c| c.messages.len()),
+                _ => 0,
+            };
+            println!("{{\"event\":\"conversation\",\"messages\":{messages},\"ms\":{ms}}}");
+        }
+        Task::none()
+    }
+
+    fn handle(&mut self, message: Message) -> Task<Message> {
         match message {
+            Message::Frame(_) => self.on_frame(),
             Message::Dismiss => {
                 self.notice = None;
                 Task::none()
