@@ -17,7 +17,8 @@ use kith_core::engine::MessageState;
 use kith_core::history::Author;
 use kith_gui::control::NodeOptions;
 use kith_gui::gui::app::{
-    ADD_ID, ADD_NOTE, COMPOSER, Notice, Phase, SETUP_NAME, SETUP_PASSPHRASE, UNLOCK,
+    ADD_ID, ADD_NOTE, COMPOSER, LINK_CODE, LINK_NAME, MESSAGES, Notice, Phase, SETUP_NAME,
+    SETUP_PASSPHRASE, UNLOCK,
 };
 use kith_gui::gui::bridge::engine_updates;
 use kith_gui::gui::{App, Message, Options};
@@ -421,4 +422,198 @@ fn friends_by_pasted_id_accept_and_chat() {
             if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.body == "Hi Bob")))
     });
     assert!(bob.sees("Hi Bob"));
+
+    // Bob edits his message: the composer takes its text, Enter saves.
+    bob.click("Edit");
+    assert!(bob.sees("Editing a message. Enter saves, Esc cancels."));
+    assert_eq!(
+        bob.main().chat.as_ref().unwrap().composer.text().trim(),
+        "Hello Alice"
+    );
+    bob.with_ui(|ui| {
+        ui.click(selector::id(COMPOSER)).expect("the composer");
+        ui.tap_key(Named::End);
+        ui.typewrite("!!");
+        ui.tap_key(Named::Enter);
+    });
+    alice.until("the edit arriving", |app| {
+        matches!(&app.phase, Phase::Running(main)
+            if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.body == "Hello Alice!!" && m.edited)))
+    });
+    assert!(alice.sees("Hello Alice!!"));
+    assert!(alice.sees("edited"));
+
+    // And deletes it, after saying yes.
+    bob.click("Delete");
+    assert!(bob.sees("Delete for everyone?"));
+    bob.click("Delete");
+    alice.until("the deletion arriving", |app| {
+        matches!(&app.phase, Phase::Running(main)
+            if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.deleted)))
+    });
+    assert!(alice.sees("message deleted"));
+    assert!(!alice.sees("Hello Alice!!"));
+}
+
+/// Two windows made friends through the engine handles (the flow through
+/// the window is shown above).
+fn befriend(runtime: &tokio::runtime::Runtime, alice: &mut Window, bob: &mut Window) {
+    let alice_id = alice.main().id.as_ref().unwrap().0;
+    let (a, b) = (alice.main().engine.clone(), bob.main().engine.clone());
+    runtime.block_on(b.add(alice_id, String::new())).unwrap();
+    alice.until(
+        "the request",
+        |app| matches!(&app.phase, Phase::Running(main) if !main.requests.is_empty()),
+    );
+    runtime.block_on(a.accept(b.account())).unwrap();
+    bob.until(
+        "the friendship",
+        |app| matches!(&app.phase, Phase::Running(main) if !main.friends.is_empty()),
+    );
+}
+
+#[test]
+fn scrolling_up_loads_older_messages_until_the_start() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let (_node, addr) = dht_node(&runtime);
+    let mut alice = Window::open(&runtime, home.path(), "alice", std::slice::from_ref(&addr));
+    let mut bob = Window::open(&runtime, home.path(), "bob", &[addr]);
+    create(&mut alice, "Alice");
+    create(&mut bob, "Bob");
+    befriend(&runtime, &mut alice, &mut bob);
+    let engine = bob.main().engine.clone();
+    let alice_key = alice.main().engine.account();
+    const SENT: usize = 120;
+    runtime.block_on(async {
+        for n in 0..SENT {
+            engine.send(alice_key, format!("line {n}")).await.unwrap();
+        }
+    });
+    alice.until("every message arriving", |app| {
+        matches!(&app.phase, Phase::Running(main) if main.friends.first().is_some_and(|f| f.unread == SENT))
+    });
+    alice.click(&format!("Chats ({SENT})"));
+    alice.click("Bob");
+    alice.until("the newest page", |app| {
+        matches!(&app.phase, Phase::Running(main) if main.chat.as_ref().is_some_and(|c| !c.loading))
+    });
+    let shown = |app: &App| match &app.phase {
+        Phase::Running(main) => main.chat.as_ref().map_or(0, |c| c.messages.len()),
+        _ => 0,
+    };
+    assert_eq!(shown(&alice.app), kith_gui::gui::app::PAGE);
+    assert!(alice.sees(&format!("line {}", SENT - 1)));
+    assert!(!alice.sees("line 0"));
+
+    // Scroll up with the mouse wheel over the conversation, as far as it
+    // goes, until the start shows.
+    let mut loaded = shown(&alice.app);
+    for _ in 0..10 {
+        alice.with_ui(|ui| {
+            let target = ui.find(selector::id(MESSAGES)).expect("the conversation");
+            let bounds = iced_test::selector::Bounded::visible_bounds(&target).expect("visible");
+            ui.point_at(bounds.center());
+            ui.simulate([iced::Event::Mouse(iced::mouse::Event::WheelScrolled {
+                delta: iced::mouse::ScrollDelta::Lines {
+                    x: 0.0,
+                    y: 10_000.0,
+                },
+            })]);
+        });
+        alice.until("older messages", |app| {
+            matches!(&app.phase, Phase::Running(main) if main.chat.as_ref().is_some_and(|c| !c.loading))
+        });
+        let now = shown(&alice.app);
+        if now == SENT {
+            break;
+        }
+        assert!(now > loaded, "scrolling up loaded nothing ({now} shown)");
+        loaded = now;
+    }
+    assert_eq!(shown(&alice.app), SENT);
+    assert!(alice.sees("line 0"));
+    assert!(alice.sees("This is the start of your conversation."));
+    let order: Vec<String> = alice
+        .main()
+        .chat
+        .as_ref()
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.body.clone())
+        .collect();
+    let expected: Vec<String> = (0..SENT).map(|n| format!("line {n}")).collect();
+    assert_eq!(order, expected);
+}
+
+#[test]
+fn a_new_computer_links_to_the_account_from_its_first_run_screen() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let (_node, addr) = dht_node(&runtime);
+    let mut laptop = Window::open(&runtime, home.path(), "laptop", std::slice::from_ref(&addr));
+    create(&mut laptop, "Alice");
+    let account = laptop.main().id.as_ref().unwrap().0;
+
+    // The new computer shows a code instead of creating an account.
+    let mut desk = Window::open(&runtime, home.path(), "desk", &[addr]);
+    desk.click("I already use Kith on another computer");
+    desk.until("a link code", |app| {
+        matches!(&app.phase, Phase::Setup(setup) if setup.join.as_ref().is_some_and(|j| j.code.is_some()))
+    });
+    let code = match &desk.app.phase {
+        Phase::Setup(setup) => setup
+            .join
+            .as_ref()
+            .unwrap()
+            .code
+            .as_ref()
+            .unwrap()
+            .0
+            .clone(),
+        _ => unreachable!(),
+    };
+    assert!(desk.sees(&code));
+
+    // The laptop's user types it under Devices.
+    laptop.click("Devices");
+    laptop.type_into(LINK_CODE, &code);
+    laptop.type_into(LINK_NAME, "desk");
+    laptop.click("Link it");
+
+    // The new computer asks, and joins on yes.
+    desk.until("the offer", |app| {
+        matches!(&app.phase, Phase::Setup(setup) if setup.join.as_ref().is_some_and(|j| j.offer.is_some()))
+    });
+    assert!(desk.sees("Alice offers their account:"));
+    assert!(desk.sees(&account.to_string()));
+    desk.click("Join");
+    desk.until("the messenger opening with the account", running);
+    assert_eq!(desk.main().id.as_ref().unwrap().0, account);
+    laptop.until(
+        "the link confirmed",
+        |app| matches!(&app.notice, Some(Notice::Info(n)) if n.starts_with("Linked desk")),
+    );
+    laptop.until(
+        "two devices listed",
+        |app| matches!(&app.phase, Phase::Running(main) if main.devices.len() == 2),
+    );
+    assert!(laptop.sees("desk"));
+
+    // Removing it takes a yes, then the list is down to this computer.
+    laptop.click("Remove…");
+    assert!(laptop.sees("Remove it from your account?"));
+    laptop.click("Remove");
+    laptop.until(
+        "one device left",
+        |app| matches!(&app.phase, Phase::Running(main) if main.devices.len() == 1),
+    );
+    assert!(
+        laptop.sees("laptop (this computer)")
+            || laptop.sees(&format!(
+                "{} (this computer)",
+                laptop.main().devices[0].name
+            ))
+    );
 }

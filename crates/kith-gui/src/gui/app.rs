@@ -52,6 +52,10 @@ pub const UNLOCK: &str = "unlock";
 pub const ADD_ID: &str = "add-id";
 /// The add-a-friend note field.
 pub const ADD_NOTE: &str = "add-note";
+/// The link-a-device code field.
+pub const LINK_CODE: &str = "link-code";
+/// The link-a-device name field.
+pub const LINK_NAME: &str = "link-name";
 
 /// How the window starts.
 #[derive(Debug, Clone, Default)]
@@ -169,6 +173,8 @@ pub enum Message {
     },
     /// An engine call finished: what to tell the user, or why it failed.
     Done(Result<Option<String>, String>),
+    /// An engine call finished that changes nothing shown.
+    Quiet(Result<(), String>),
     Sent(Result<MessageId, String>),
     Rotated(Result<KithId, String>),
     Dismiss,
@@ -342,6 +348,8 @@ pub struct Main {
     pub settings: SettingsForm,
     /// The display name to set once running (a new profile).
     rename: Option<String>,
+    /// News for the user from the last update.
+    news: Option<Notice>,
 }
 
 /// The open conversation.
@@ -651,13 +659,19 @@ impl App {
                 Phase::Setup(_) | Phase::Unlock(_) | Phase::Starting | Phase::Fatal(_) => {
                     self.update_first_run(message)
                 }
-                Phase::Running(main) => match main.update(message) {
-                    Ok(task) => task,
-                    Err(notice) => {
-                        self.notice = Some(notice);
-                        Task::none()
+                Phase::Running(main) => {
+                    let task = match main.update(message) {
+                        Ok(task) => task,
+                        Err(notice) => {
+                            self.notice = Some(notice);
+                            Task::none()
+                        }
+                    };
+                    if let Some(news) = main.news.take() {
+                        self.notice = Some(news);
                     }
-                },
+                    task
+                }
             },
         }
     }
@@ -967,6 +981,7 @@ impl Main {
             link: LinkForm::default(),
             settings: SettingsForm::from(settings),
             rename: None,
+            news: None,
         }
     }
 
@@ -1210,12 +1225,12 @@ impl Main {
                 }
                 self.add.busy = false;
                 self.link.busy = false;
-                let news = result.map_err(Notice::Error)?;
-                let task = self.refresh_all();
-                if let Some(news) = news {
-                    return Err(Notice::Info(news));
-                }
-                Task::batch([task, self.reload_chat()])
+                self.news = result.map_err(Notice::Error)?.map(Notice::Info);
+                Task::batch([self.refresh_all(), self.reload_chat()])
+            }
+            Message::Quiet(result) => {
+                result.map_err(Notice::Error)?;
+                Task::none()
             }
             Message::Sent(result) => {
                 result.map_err(Notice::Error)?;
@@ -1224,9 +1239,10 @@ impl Main {
             Message::Rotated(result) => {
                 let id = result.map_err(Notice::Error)?;
                 self.id = id_qr(&id).map(|qr| (id, qr));
-                return Err(Notice::Info(format!(
+                self.news = Some(Notice::Info(format!(
                     "Your new Kith ID is {id}. The old one no longer accepts new requests; friends are not affected."
                 )));
+                Task::none()
             }
             Message::Show(screen) => {
                 self.screen = screen;

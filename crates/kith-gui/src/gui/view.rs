@@ -11,8 +11,8 @@ use kith_core::history::Author;
 use kith_proto::wire::Timestamp;
 
 use super::app::{
-    ADD_ID, ADD_NOTE, App, COMPOSER, Chat, Confirm, MESSAGES, Main, Message, Notice, Phase,
-    SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, UNLOCK, Unlock,
+    ADD_ID, ADD_NOTE, App, COMPOSER, Chat, Confirm, LINK_CODE, LINK_NAME, MESSAGES, Main, Message,
+    Notice, Phase, SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, UNLOCK, Unlock,
 };
 use super::bridge::ThemeChoice;
 use super::fonts;
@@ -809,6 +809,7 @@ fn devices(main: &Main) -> Element<'_, Message> {
             text("Add a computer").font(fonts::BOLD),
             text("On the new computer, open Kith and choose \"I already use Kith on another computer\". Paste the code it shows here, or read its QR code from a picture."),
             text_input("kith-link:…", &link.code)
+                .id(LINK_CODE)
                 .font(fonts::MONO)
                 .on_input(Message::LinkCode)
                 .on_submit_maybe(go.clone()),
@@ -820,6 +821,7 @@ fn devices(main: &Main) -> Element<'_, Message> {
             ]
             .spacing(8),
             text_input("A name for it, like \"laptop\"", &link.name)
+                .id(LINK_NAME)
                 .on_input(Message::LinkName)
                 .on_submit_maybe(go.clone()),
             button(text(if link.busy { "Linking… (confirm on the new computer)" } else { "Link it" }))
