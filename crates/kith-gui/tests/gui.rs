@@ -512,7 +512,7 @@ fn scrolling_up_loads_older_messages_until_the_start() {
     for _ in 0..10 {
         alice.with_ui(|ui| {
             let target = ui.find(selector::id(MESSAGES)).expect("the conversation");
-            let bounds = iced_test::selector::Bounded::visible_bounds(&target).expect("visible");
+            let bounds = selector::Bounded::visible_bounds(&target).expect("visible");
             ui.point_at(bounds.center());
             ui.simulate([iced::Event::Mouse(iced::mouse::Event::WheelScrolled {
                 delta: iced::mouse::ScrollDelta::Lines {
