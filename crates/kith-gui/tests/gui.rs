@@ -415,13 +415,23 @@ fn friends_by_pasted_id_accept_and_chat() {
         .unwrap();
     assert!(bob.sees(&format!("read {}", kith_gui::gui::view::clock(read))));
 
-    // Alice answers with Enter too; Bob sees it.
+    // Alice's window had the focus: no desktop notification for her.
+    assert_eq!(alice.app.last_notification(), None);
+
+    // Bob switches to another window; Alice answers with Enter too. Bob
+    // sees it, and gets a desktop notification with her name and text.
+    bob.dispatch(Message::Window(iced::window::Event::Unfocused));
     alice.compose("Hi Bob", Named::Enter);
     bob.until("Alice's answer", |app| {
         matches!(&app.phase, Phase::Running(main)
             if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.body == "Hi Bob")))
     });
     assert!(bob.sees("Hi Bob"));
+    assert_eq!(
+        bob.app.last_notification(),
+        Some(&("Alice".to_owned(), "Hi Bob".to_owned()))
+    );
+    bob.dispatch(Message::Window(iced::window::Event::Focused));
 
     // Bob edits his message: the composer takes its text, Enter saves.
     bob.click("Edit");

@@ -13,7 +13,7 @@ use kith_core::engine::{
     DeviceInfo, Engine, EngineError, Event, FriendInfo, HistoryPage, MessageView, OutgoingInfo,
     RequestInfo, Status,
 };
-use kith_core::history::Cursor;
+use kith_core::history::{Author, Cursor};
 use kith_proto::link::LinkCode;
 use kith_proto::wire::MessageId;
 use kith_proto::{AccountPublicKey, KithId, qr};
@@ -34,6 +34,10 @@ const TYPING_IDLE: Duration = Duration::from_secs(6);
 /// A friend shown as typing with no word since for this long stops being
 /// shown (their "stopped" may have been lost).
 const TYPING_SHOWN: Duration = Duration::from_secs(10);
+/// At most one desktop notification this often.
+const NOTIFY_EVERY: Duration = Duration::from_secs(3);
+/// Longest message text in a notification, in characters.
+const PREVIEW_CHARS: usize = 140;
 /// How often the connection line is brought up to date.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// Longest text pasted into a one-line field.
@@ -224,6 +228,7 @@ pub enum Message {
     VolunteerText(String),
     SetMdns(bool),
     SaveSettings,
+    Set(Toggle),
 
     // The window.
     /// A frame was drawn (measurement mode only).
@@ -254,6 +259,7 @@ pub struct App {
     closing: bool,
     closed: bool,
     report: Option<Report>,
+    notified: Option<(Instant, (String, String))>,
 }
 
 /// A line at the top of the window.
@@ -413,6 +419,15 @@ pub struct SettingsForm {
     pub mdns: bool,
 }
 
+/// Settings that apply at once.
+#[derive(Debug, Clone, Copy)]
+pub enum Toggle {
+    /// Desktop notifications on.
+    Notifications(bool),
+    /// Message text in notifications.
+    NotificationText(bool),
+}
+
 impl SettingsForm {
     fn from(settings: &Settings) -> Self {
         Self {
@@ -465,6 +480,7 @@ impl App {
             closing: false,
             closed: false,
             report: None,
+            notified: None,
         };
         if app.options.report.is_some() {
             app.report = Some(Report::default());
@@ -655,6 +671,13 @@ impl App {
                 self.save_settings(None)
             }
             Message::SaveSettings => self.save_form(),
+            Message::Set(toggle) => {
+                match toggle {
+                    Toggle::Notifications(on) => self.settings.notifications_off = !on,
+                    Toggle::NotificationText(on) => self.settings.notification_text_hidden = !on,
+                }
+                self.save_settings(None)
+            }
             message => match &mut self.phase {
                 Phase::Setup(_) | Phase::Unlock(_) | Phase::Starting | Phase::Fatal(_) => {
                     self.update_first_run(message)
@@ -736,11 +759,66 @@ impl App {
                 Phase::Running(main) => main.refresh_all(),
                 _ => Task::none(),
             },
-            Update::Event(event) => match &mut self.phase {
-                Phase::Running(main) => main.on_event(*event, self.focused),
-                _ => Task::none(),
-            },
+            Update::Event(event) => {
+                let notify = self.notify(&event);
+                match &mut self.phase {
+                    Phase::Running(main) => {
+                        Task::batch([main.on_event(*event, self.focused), notify])
+                    }
+                    _ => Task::none(),
+                }
+            }
         }
+    }
+
+    /// A desktop notification for a friend's new message while the window
+    /// is not focused, unless turned off; at most one per
+    /// [`NOTIFY_EVERY`] (the unread counts tell the rest).
+    fn notify(&mut self, event: &Event) -> Task<Message> {
+        let Event::Message { friend, message } = event else {
+            return Task::none();
+        };
+        let Phase::Running(main) = &self.phase else {
+            return Task::none();
+        };
+        if self.focused || self.settings.notifications_off || message.author != Author::Friend {
+            return Task::none();
+        }
+        let now = Instant::now();
+        if self
+            .notified
+            .as_ref()
+            .is_some_and(|(at, _)| now.duration_since(*at) < NOTIFY_EVERY)
+        {
+            return Task::none();
+        }
+        let name = main
+            .friend(friend)
+            .map_or_else(|| "A friend".to_owned(), |f| f.name.clone());
+        let body = if self.settings.notification_text_hidden {
+            "New message".to_owned()
+        } else {
+            preview(&message.body)
+        };
+        self.notified = Some((now, (name.clone(), body.clone())));
+        Task::future(async move {
+            // The desktop may have no notification service (a server, a
+            // bare X session): nothing to tell the user then.
+            let _ = tokio::task::spawn_blocking(move || {
+                notify_rust::Notification::new()
+                    .appname("Kith")
+                    .summary(&name)
+                    .body(&body)
+                    .show()
+            })
+            .await;
+        })
+        .discard()
+    }
+
+    /// The last notification shown: who and what.
+    pub fn last_notification(&self) -> Option<&(String, String)> {
+        self.notified.as_ref().map(|(_, shown)| shown)
     }
 
     fn update_first_run(&mut self, message: Message) -> Task<Message> {
@@ -919,10 +997,10 @@ impl App {
             },
         };
         let next = Settings {
-            theme: self.settings.theme,
             bootstrap,
             volunteer_mb,
             mdns: form.mdns,
+            ..self.settings.clone()
         };
         if let Err(e) = next.apply(&NodeOptions::default()) {
             return self.fail(e);
@@ -1636,6 +1714,16 @@ impl Main {
             }
         }
     }
+}
+
+/// The start of a message, for a notification.
+fn preview(body: &str) -> String {
+    let mut chars = body.chars();
+    let mut shown: String = chars.by_ref().take(PREVIEW_CHARS).collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// Puts the newest page in place of the loaded messages it covers.

@@ -311,6 +311,10 @@ pub struct Settings {
     pub volunteer_mb: Option<u64>,
     /// Find friends on the local network.
     pub mdns: bool,
+    /// No desktop notifications for new messages.
+    pub notifications_off: bool,
+    /// Notifications say who wrote, not what.
+    pub notification_text_hidden: bool,
 }
 
 /// A theme the user picked.

@@ -12,9 +12,9 @@ use kith_proto::wire::Timestamp;
 
 use super::app::{
     ADD_ID, ADD_NOTE, App, COMPOSER, Chat, Confirm, LINK_CODE, LINK_NAME, MESSAGES, Main, Message,
-    Notice, Phase, SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, UNLOCK, Unlock,
+    Notice, Phase, SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, Toggle, UNLOCK, Unlock,
 };
-use super::bridge::ThemeChoice;
+use super::bridge::{Settings, ThemeChoice};
 use super::fonts;
 
 const GAP: f32 = 12.0;
@@ -31,7 +31,7 @@ impl App {
             Phase::Setup(setup) => setup_view(setup),
             Phase::Unlock(unlock) => unlock_view(unlock),
             Phase::Starting => center(text("Starting Kith…").size(20)).into(),
-            Phase::Running(main) => main_view(main, &self.settings.theme),
+            Phase::Running(main) => main_view(main, &self.settings),
         };
         match &self.notice {
             Some(notice) => column![notice_bar(notice), body].into(),
@@ -186,14 +186,14 @@ fn unlock_view(unlock: &Unlock) -> Element<'_, Message> {
     .into()
 }
 
-fn main_view<'a>(main: &'a Main, theme: &'a Option<ThemeChoice>) -> Element<'a, Message> {
+fn main_view<'a>(main: &'a Main, settings: &'a Settings) -> Element<'a, Message> {
     let content: Element<'a, Message> = match main.screen {
         Screen::Chats => chats(main),
         Screen::MyId => my_id(main),
         Screen::AddFriend => add_friend(main),
         Screen::Requests => requests(main),
         Screen::Devices => devices(main),
-        Screen::Settings => settings(main, theme),
+        Screen::Settings => settings_view(main, settings),
     };
     row![nav(main), rule::vertical(1), content].into()
 }
@@ -843,8 +843,9 @@ fn short(peer: &str) -> String {
     format!("…{tail}")
 }
 
-fn settings<'a>(main: &'a Main, theme: &'a Option<ThemeChoice>) -> Element<'a, Message> {
+fn settings_view<'a>(main: &'a Main, settings: &'a Settings) -> Element<'a, Message> {
     let form = &main.settings;
+    let theme = &settings.theme;
     let choice = |label: &'a str, value: Option<ThemeChoice>| {
         button(text(label))
             .style(if *theme == value {
@@ -885,6 +886,17 @@ fn settings<'a>(main: &'a Main, theme: &'a Option<ThemeChoice>) -> Element<'a, M
                 choice("Dark", Some(ThemeChoice::Dark)),
             ]
             .spacing(8),
+            rule::horizontal(1),
+            text("Notifications").font(fonts::BOLD),
+            checkbox(!settings.notifications_off)
+                .label("Tell me about new messages when Kith is in the background")
+                .on_toggle(|on| Message::Set(Toggle::Notifications(on))),
+            checkbox(!settings.notification_text_hidden)
+                .label("Show the message text in notifications")
+                .on_toggle_maybe(
+                    (!settings.notifications_off)
+                        .then_some(|on| Message::Set(Toggle::NotificationText(on)))
+                ),
             rule::horizontal(1),
             text("Network").font(fonts::BOLD),
             text("Bootstrap nodes, separated by spaces (addresses as kithd prints them):").size(13),
