@@ -13,15 +13,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use kith_scenarios::{Proc, User, binary, befriend, eventually, start_kithd};
+use kith_scenarios::{Proc, User, befriend, binary, eventually, start_kithd};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// An X server of our own on a free display number.
@@ -49,7 +48,7 @@ fn start_xvfb() -> anyhow::Result<(Proc, String)> {
 /// Lines the window prints in measurement mode, as they come.
 fn lines_of(proc: &mut Proc) -> anyhow::Result<mpsc::Receiver<String>> {
     let stdout = proc.child.stdout.take().context("window stdout")?;
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(64);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
