@@ -34,6 +34,8 @@ const TYPING_IDLE: Duration = Duration::from_secs(6);
 /// A friend shown as typing with no word since for this long stops being
 /// shown (their "stopped" may have been lost).
 const TYPING_SHOWN: Duration = Duration::from_secs(10);
+/// How long news stays at the foot of the window.
+const NEWS_SHOWN: Duration = Duration::from_secs(8);
 /// At most one desktop notification this often.
 const NOTIFY_EVERY: Duration = Duration::from_secs(3);
 /// Longest message text in a notification, in characters.
@@ -182,6 +184,8 @@ pub enum Message {
     Sent(Result<MessageId, String>),
     Rotated(Result<KithId, String>),
     Dismiss,
+    /// The news shown as the `n`th notice has been up long enough.
+    Expire(u64),
 
     // Moving around.
     Show(Screen),
@@ -260,6 +264,7 @@ pub struct App {
     closed: bool,
     report: Option<Report>,
     notified: Option<(Instant, (String, String))>,
+    notices: u64,
 }
 
 /// A line at the top of the window.
@@ -481,6 +486,7 @@ impl App {
             closed: false,
             report: None,
             notified: None,
+            notices: 0,
         };
         if app.options.report.is_some() {
             app.report = Some(Report::default());
@@ -587,7 +593,34 @@ impl App {
 
     /// Handles one message.
     pub fn update(&mut self, message: Message) -> Task<Message> {
-        let task = self.handle(message);
+        if let Message::Key(keyboard::Event::KeyPressed {
+            key: keyboard::Key::Named(keyboard::key::Named::Escape),
+            ..
+        }) = &message
+        {
+            self.notice = None;
+        }
+        if let Message::Expire(shown) = message {
+            if shown == self.notices {
+                self.notice = None;
+            }
+            return Task::none();
+        }
+        let before = self.notice.clone();
+        let mut task = self.handle(message);
+        if self.notice != before {
+            self.notices += 1;
+            // News goes away by itself; errors stay until dismissed.
+            if let Some(Notice::Info(_)) = &self.notice {
+                let shown = self.notices;
+                task = Task::batch([
+                    task,
+                    Task::perform(tokio::time::sleep(NEWS_SHOWN), move |()| {
+                        Message::Expire(shown)
+                    }),
+                ]);
+            }
+        }
         if self.report.is_some() {
             return Task::batch([task, self.measure()]);
         }
@@ -1420,17 +1453,11 @@ impl Main {
                 let note = self.add.note.trim().to_owned();
                 self.add.busy = true;
                 let engine = self.engine.clone();
-                let shown = id.to_string();
                 Task::perform(
-                    async move {
-                        engine.add(id, note).await.map_err(err)?;
-                        Ok(shown)
-                    },
-                    |result: Result<String, String>| {
-                        Message::Done(result.map(|id| {
-                            Some(format!(
-                                "Request sent to {id}. They appear under Chats once they accept."
-                            ))
+                    async move { engine.add(id, note).await.map_err(err) },
+                    |result: Result<(), String>| {
+                        Message::Done(result.map(|()| {
+                            Some("Request sent. They appear under Chats once they accept.".into())
                         }))
                     },
                 )

@@ -34,7 +34,15 @@ impl App {
             Phase::Running(main) => main_view(main, &self.settings),
         };
         match &self.notice {
-            Some(notice) => column![notice_bar(notice), body].into(),
+            // Over the window's foot, so nothing moves when it comes and
+            // goes.
+            Some(notice) => iced::widget::stack![
+                body,
+                container(notice_bar(notice))
+                    .height(Fill)
+                    .align_y(iced::alignment::Vertical::Bottom)
+            ]
+            .into(),
             None => body,
         }
     }
@@ -90,7 +98,9 @@ fn setup_view(setup: &Setup) -> Element<'_, Message> {
         match &join.code {
             Some((code, qr)) => {
                 page = page
-                    .push(center(qr_code(qr).cell_size(4)).height(Length::Shrink))
+                    .push(
+                        center(qr_code(qr).cell_size(4).style(print_style)).height(Length::Shrink),
+                    )
                     .push(text(code).font(fonts::MONO).size(13))
                     .push(
                         button(text("Copy the code"))
@@ -231,16 +241,15 @@ fn nav(main: &Main) -> Element<'_, Message> {
     let connected = main.status.as_ref().map(|s| s.connected).unwrap_or(0);
     items = items.push(space::vertical()).push(
         text(if connected > 0 {
-            format!("● online ({connected} peers)")
+            format!(
+                "● online ({connected} {})",
+                if connected == 1 { "peer" } else { "peers" }
+            )
         } else {
             "○ looking for the network…".to_owned()
         })
         .size(12)
-        .style(if connected > 0 {
-            text::success
-        } else {
-            text::secondary
-        }),
+        .style(if connected > 0 { good } else { text::secondary }),
     );
     items.height(Fill).into()
 }
@@ -285,11 +294,7 @@ fn friend_row<'a>(main: &'a Main, friend: &'a FriendInfo) -> Element<'a, Message
             "○ offline"
         })
         .size(12)
-        .style(if friend.online {
-            text::success
-        } else {
-            text::secondary
-        })
+        .style(if friend.online { good } else { text::secondary })
     ]
     .spacing(8);
     if main.typing.contains_key(&friend.account) {
@@ -465,7 +470,7 @@ fn bubble<'a>(
     }
     if let Some(witness) = &message.witness {
         let (mark, style): (String, fn(&iced::Theme) -> text::Style) = match witness {
-            Witness::Witnessed => ("✓ time witnessed".into(), text::success),
+            Witness::Witnessed => ("✓ time witnessed".into(), good),
             Witness::Corrected { at } => (
                 format!("⚠ their clock was off; witnessed at {}", clock(*at)),
                 text::warning,
@@ -522,6 +527,26 @@ fn bubble<'a>(
     line.into()
 }
 
+/// QR codes stay dark on white in every theme: scanners (and
+/// `kith id check --image`) expect that.
+fn print_style(_: &iced::Theme) -> qr_code::Style {
+    qr_code::Style {
+        cell: iced::Color::BLACK,
+        background: iced::Color::WHITE,
+    }
+}
+
+/// Good news (online, read, witnessed), readable on light and dark
+/// backgrounds alike.
+fn good(theme: &iced::Theme) -> text::Style {
+    let color = if theme.extended_palette().is_dark {
+        iced::Color::from_rgb8(0x5f, 0xd3, 0x9b)
+    } else {
+        theme.palette().success
+    };
+    text::Style { color: Some(color) }
+}
+
 fn small<'a>(
     style: fn(&iced::Theme, button::Status) -> button::Style,
     label: &'a str,
@@ -542,7 +567,7 @@ fn state_line(state: &MessageState) -> (String, fn(&iced::Theme) -> text::Style)
             text::secondary,
         ),
         MessageState::Delivered { .. } => ("delivered".into(), text::secondary),
-        MessageState::Read { at } => (format!("read {}", clock(*at)), text::success),
+        MessageState::Read { at } => (format!("read {}", clock(*at)), good),
         MessageState::Failed { reason } => (format!("not sent: {reason}"), text::danger),
         MessageState::SentElsewhere => {
             ("sent from another of your devices".into(), text::secondary)
@@ -606,7 +631,7 @@ fn my_id(main: &Main) -> Element<'_, Message> {
         "My ID",
         column![
             text("Friends add you with this ID: show them the QR code, or send them the text."),
-            container(qr_code(qr).cell_size(5)).padding(8),
+            container(qr_code(qr).cell_size(5).style(print_style)).padding(8),
             text(id.to_string()).font(fonts::MONO).size(14),
             row![
                 button(text("Copy my ID")).on_press(Message::Copy(id.to_string())),
@@ -907,7 +932,7 @@ fn settings_view<'a>(main: &'a Main, settings: &'a Settings) -> Element<'a, Mess
                 .label("Find friends on the local network (mDNS)")
                 .on_toggle(Message::SetMdns),
             text("Keep offline mail for others, in megabytes (empty for none):").size(13),
-            text_input("64", &form.volunteer).on_input(Message::VolunteerText),
+            text_input("none", &form.volunteer).on_input(Message::VolunteerText),
             button(text("Save")).on_press(Message::SaveSettings),
             rule::horizontal(1),
             text("About").font(fonts::BOLD),
