@@ -34,15 +34,9 @@ impl App {
             Phase::Running(main) => main_view(main, &self.settings),
         };
         match &self.notice {
-            // Over the window's foot, so nothing moves when it comes and
-            // goes.
-            Some(notice) => iced::widget::stack![
-                body,
-                container(notice_bar(notice))
-                    .height(Fill)
-                    .align_y(iced::alignment::Vertical::Bottom)
-            ]
-            .into(),
+            // Over the top of the window, so nothing moves when it comes
+            // and goes, and the composer at the foot stays usable.
+            Some(notice) => iced::widget::stack![body, notice_bar(notice)].into(),
             None => body,
         }
     }
@@ -318,11 +312,7 @@ fn friend_row<'a>(main: &'a Main, friend: &'a FriendInfo) -> Element<'a, Message
     }
     button(column![line, status].spacing(2))
         .width(Fill)
-        .style(if open {
-            button::secondary
-        } else {
-            button::text
-        })
+        .style(if open { selected } else { button::text })
         .on_press(Message::Open(friend.account))
         .into()
 }
@@ -527,6 +517,28 @@ fn bubble<'a>(
     line.into()
 }
 
+/// The white margin of four cells that scanners need around a QR code.
+fn quiet_zone<'a>(
+    code: impl Into<Element<'a, Message>>,
+    margin: f32,
+) -> iced::widget::Container<'a, Message> {
+    container(code)
+        .padding(margin)
+        .style(|_| container::background(iced::Color::WHITE))
+}
+
+/// The open conversation's row: a shade of the background, with the
+/// theme's own text colour, in light and dark alike.
+fn selected(theme: &iced::Theme, _: button::Status) -> button::Style {
+    let shade = theme.extended_palette().background.weak;
+    button::Style {
+        background: Some(shade.color.into()),
+        text_color: shade.text,
+        border: iced::border::rounded(4),
+        ..button::Style::default()
+    }
+}
+
 /// QR codes stay dark on white in every theme: scanners (and
 /// `kith id check --image`) expect that.
 fn print_style(_: &iced::Theme) -> qr_code::Style {
@@ -631,7 +643,7 @@ fn my_id(main: &Main) -> Element<'_, Message> {
         "My ID",
         column![
             text("Friends add you with this ID: show them the QR code, or send them the text."),
-            container(qr_code(qr).cell_size(5).style(print_style)).padding(8),
+            quiet_zone(qr_code(qr).cell_size(5).style(print_style), 20.0),
             text(id.to_string()).font(fonts::MONO).size(14),
             row![
                 button(text("Copy my ID")).on_press(Message::Copy(id.to_string())),
