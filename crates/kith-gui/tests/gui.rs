@@ -17,8 +17,8 @@ use kith_core::engine::MessageState;
 use kith_core::history::Author;
 use kith_gui::control::NodeOptions;
 use kith_gui::gui::app::{
-    ADD_ID, ADD_NOTE, COMPOSER, LINK_CODE, LINK_NAME, MESSAGES, Notice, Phase, SETUP_NAME,
-    SETUP_PASSPHRASE, UNLOCK,
+    ADD_ID, ADD_IMAGE, ADD_NOTE, COMPOSER, LINK_CODE, LINK_NAME, MESSAGES, Notice, Phase,
+    SETUP_NAME, SETUP_PASSPHRASE, UNLOCK,
 };
 use kith_gui::gui::bridge::engine_updates;
 use kith_gui::gui::{App, Message, Options};
@@ -626,4 +626,38 @@ fn a_new_computer_links_to_the_account_from_its_first_run_screen() {
                 laptop.main().devices[0].name
             ))
     );
+}
+
+#[test]
+fn a_friend_id_is_read_from_a_picture_of_its_qr_code() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let mut window = Window::open(&runtime, home.path(), "reader", &[]);
+    create(&mut window, "Reader");
+    let theirs = kith_store::profile::Identity::generate().kith_id();
+    let picture = home.path().join("their-qr.png");
+    std::fs::write(&picture, kith_proto::qr::to_png(&theirs, 400).unwrap()).unwrap();
+    let not_a_picture = home.path().join("notes.txt");
+    std::fs::write(&not_a_picture, "hello").unwrap();
+
+    window.click("Add a friend");
+    // Something that is not a picture: a readable error, the form as it was.
+    window.type_into(ADD_IMAGE, not_a_picture.to_str().unwrap());
+    window.click("Read");
+    assert!(matches!(&window.app.notice, Some(Notice::Error(e)) if e.contains("notes.txt")));
+    assert_eq!(window.main().add.id, "");
+
+    // Clear the field with Backspace, one key at a time.
+    while !window.main().add.image.is_empty() {
+        window.with_ui(|ui| {
+            ui.click(selector::id(ADD_IMAGE)).unwrap();
+            ui.tap_key(Named::End);
+            ui.tap_key(Named::Backspace);
+        });
+    }
+    assert_eq!(window.main().add.image, "");
+    window.type_into(ADD_IMAGE, picture.to_str().unwrap());
+    window.click("Read");
+    assert_eq!(window.main().add.id, theirs.to_string());
+    assert!(window.sees(&theirs.to_string()));
 }

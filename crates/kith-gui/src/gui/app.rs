@@ -58,6 +58,8 @@ pub const UNLOCK: &str = "unlock";
 pub const ADD_ID: &str = "add-id";
 /// The add-a-friend note field.
 pub const ADD_NOTE: &str = "add-note";
+/// The add-a-friend picture path field.
+pub const ADD_IMAGE: &str = "add-image";
 /// The link-a-device code field.
 pub const LINK_CODE: &str = "link-code";
 /// The link-a-device name field.
@@ -206,6 +208,11 @@ pub enum Message {
 
     /// Put this text on the clipboard.
     Copy(String),
+
+    /// Open a file chooser for a picture of a QR code.
+    ChooseImage(Picture),
+    /// The file chosen, if any.
+    ImageChosen(Picture, Option<PathBuf>),
 
     // Add a friend.
     AddId(String),
@@ -422,6 +429,15 @@ pub struct SettingsForm {
     pub volunteer: String,
     /// mDNS on the LAN.
     pub mdns: bool,
+}
+
+/// What a picture of a QR code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picture {
+    /// A friend's Kith ID.
+    FriendId,
+    /// A new computer's link code.
+    LinkCode,
 }
 
 /// Settings that apply at once.
@@ -1422,6 +1438,31 @@ impl Main {
                     iced::clipboard::write(text),
                     Task::done(Message::Done(Ok(Some("Copied to the clipboard.".into())))),
                 ]));
+            }
+            Message::ChooseImage(picture) => Task::perform(
+                async {
+                    rfd::AsyncFileDialog::new()
+                        .set_title("A picture of the QR code")
+                        .add_filter("Pictures", &["png", "jpg", "jpeg"])
+                        .pick_file()
+                        .await
+                        .map(|file| file.path().to_owned())
+                },
+                move |path| Message::ImageChosen(picture, path),
+            ),
+            Message::ImageChosen(picture, Some(path)) => {
+                let shown = path.display().to_string();
+                let next = match picture {
+                    Picture::FriendId => {
+                        self.add.image = shown;
+                        Message::ReadImage
+                    }
+                    Picture::LinkCode => {
+                        self.link.image = shown;
+                        Message::ReadLinkImage
+                    }
+                };
+                return self.update(next);
             }
             Message::AddId(text) => {
                 self.add.id = clip(text);

@@ -11,8 +11,9 @@ use kith_core::history::Author;
 use kith_proto::wire::Timestamp;
 
 use super::app::{
-    ADD_ID, ADD_NOTE, App, COMPOSER, Chat, Confirm, LINK_CODE, LINK_NAME, MESSAGES, Main, Message,
-    Notice, Phase, SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, Toggle, UNLOCK, Unlock,
+    ADD_ID, ADD_IMAGE, ADD_NOTE, App, COMPOSER, Chat, Confirm, LINK_CODE, LINK_NAME, MESSAGES,
+    Main, Message, Notice, Phase, Picture, SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, Toggle,
+    UNLOCK, Unlock,
 };
 use super::bridge::{Settings, ThemeChoice};
 use super::fonts;
@@ -671,12 +672,16 @@ fn add_friend(main: &Main) -> Element<'_, Message> {
                 .font(fonts::MONO)
                 .on_input(Message::AddId)
                 .on_submit_maybe(send.clone()),
-            text("Or read it from a picture of their QR code:").style(text::secondary),
+            text("Or read it from a picture of their QR code (choose it, or type its path):").style(text::secondary),
             row![
                 text_input("/path/to/qr.png", &add.image)
+                    .id(ADD_IMAGE)
                     .on_input(Message::AddImage)
                     .on_submit(Message::ReadImage),
                 button(text("Read")).style(button::secondary).on_press(Message::ReadImage),
+                button(text("Choose…"))
+                    .style(button::secondary)
+                    .on_press(Message::ChooseImage(Picture::FriendId)),
             ]
             .spacing(8),
             text("A note, so they know who you are:"),
@@ -855,6 +860,9 @@ fn devices(main: &Main) -> Element<'_, Message> {
                     .on_input(Message::LinkImage)
                     .on_submit(Message::ReadLinkImage),
                 button(text("Read")).style(button::secondary).on_press(Message::ReadLinkImage),
+                button(text("Choose…"))
+                    .style(button::secondary)
+                    .on_press(Message::ChooseImage(Picture::LinkCode)),
             ]
             .spacing(8),
             text_input("A name for it, like \"laptop\"", &link.name)
