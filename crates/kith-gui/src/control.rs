@@ -213,7 +213,7 @@ pub fn start_engine(
         .load_identity(passphrase.as_ref())
         .map_err(|e| ControlError::Start(e.to_string()))?;
     let store = open_store(profile, passphrase.as_ref())?;
-    start_opened(profile, passphrase, identity, store, options)
+    start_opened(profile, passphrase, identity, store, options, None)
 }
 
 /// Starts the engine of a profile whose identity and store are already
@@ -225,12 +225,13 @@ pub fn start_opened(
     identity: kith_store::profile::Identity,
     store: Store,
     options: &NodeOptions,
+    display_name: Option<String>,
 ) -> Result<(Engine, impl futures::Stream<Item = Event> + Unpin + use<>), ControlError> {
     let device = identity.device.clone();
     let account = identity.account.public();
     let net = net_config(identity.device.clone(), options)?;
     let mut config = engine::Config::new(identity, store, net);
-    config.display_name = profile.name().to_owned();
+    config.display_name = display_name.unwrap_or_else(|| profile.name().to_owned());
     config.profile = Some((profile.clone(), passphrase));
     if let Some(poll) = options.request_poll {
         config.request_poll = poll;

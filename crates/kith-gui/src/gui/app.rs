@@ -160,6 +160,8 @@ pub enum Message {
     SetupPassphrase(String),
     SetupRepeat(String),
     Create,
+    /// The profile was read at start.
+    Booted(Result<Slot<Boot>, String>),
     Opened(Result<Slot<Opened>, String>),
     UnlockPassphrase(String),
     Unlock,
@@ -184,6 +186,16 @@ pub enum Message {
     /// An engine call finished that changes nothing shown.
     Quiet(Result<(), String>),
     Sent(Result<MessageId, String>),
+    /// An edit was saved, or not.
+    Edited(Result<(), String>),
+    /// A friend request went out, or not.
+    Requested(Result<(), String>),
+    /// A device was linked (its name), or not.
+    LinkedDevice(Result<String, String>),
+    /// A conversation was marked read.
+    Read(Result<(), String>),
+    /// The text read from a picture of a QR code.
+    ImageRead(Picture, Result<String, String>),
     Rotated(Result<KithId, String>),
     Dismiss,
     /// The news shown as the `n`th notice has been up long enough.
@@ -321,6 +333,8 @@ pub struct Joining {
     pub expires: u64,
     /// An account offered, waiting for the user's answer.
     pub offer: Option<(String, KithId, Answer)>,
+    /// The user said yes; the account is being written.
+    pub accepted: bool,
     /// Handle to stop the flow.
     handle: Option<iced::task::Handle>,
 }
@@ -368,6 +382,10 @@ pub struct Main {
     rename: Option<String>,
     /// News for the user from the last update.
     news: Option<Notice>,
+    /// A friends list is awaited.
+    friends_asked: bool,
+    /// Something changed since it was asked for.
+    friends_stale: bool,
 }
 
 /// The open conversation.
@@ -380,6 +398,14 @@ pub struct Chat {
     pub older: Option<Cursor>,
     /// Older messages are being loaded.
     pub loading: bool,
+    /// The newest messages are being loaded again.
+    pub refreshing: bool,
+    /// Something changed since they were asked for.
+    stale: bool,
+    /// What was in the composer before an edit began.
+    draft: Option<String>,
+    /// Sent or saved, not yet confirmed: put back if it fails.
+    unsent: Option<(String, Option<MessageId>)>,
     /// What the user is writing.
     pub composer: text_editor::Content,
     /// The message being edited, if any.
@@ -519,24 +545,33 @@ impl App {
             Err(e) => app.notice = Some(Notice::Error(e)),
         }
         app.profile = Some(profile.clone());
-        let options = match app.node_options() {
-            Ok(options) => options,
-            Err(e) => {
-                app.notice = Some(Notice::Error(e));
-                app.options.node.clone()
-            }
-        };
-        match bridge::boot(&profile, &options) {
-            Ok(Boot::Ready(opened)) => app.start(Slot::new(*opened)),
-            Ok(Boot::Locked) => app.phase = Phase::Unlock(Unlock::default()),
-            Ok(Boot::New) => app.phase = Phase::Setup(Box::default()),
-            Err(e) => app.phase = Phase::Fatal(e),
-        }
-        (app, Task::none())
+        let options = app.node_options();
+        let task = Task::perform(bridge::boot_later(profile, options), Message::Booted);
+        (app, task)
     }
 
-    fn node_options(&self) -> Result<NodeOptions, String> {
-        self.settings.apply(&self.options.node)
+    /// The node options for the next start; settings that cannot be used
+    /// are left out and named at the top of the window.
+    fn node_options(&mut self) -> NodeOptions {
+        let (options, warnings) = self.settings.apply(&self.options.node);
+        if !warnings.is_empty() {
+            self.notice = Some(Notice::Error(format!(
+                "Settings: {}. Fix them under Settings.",
+                warnings.join("; ")
+            )));
+        }
+        options
+    }
+
+    fn booted(&mut self, boot: Result<Slot<Boot>, String>) -> Task<Message> {
+        match boot.map(|slot| slot.take()) {
+            Ok(Some(Boot::Ready(opened))) => self.start(Slot::new(*opened)),
+            Ok(Some(Boot::Locked)) => self.phase = Phase::Unlock(Unlock::default()),
+            Ok(Some(Boot::New)) => self.phase = Phase::Setup(Box::default()),
+            Ok(None) => {}
+            Err(e) => self.phase = Phase::Fatal(e),
+        }
+        Task::none()
     }
 
     fn start(&mut self, opened: Slot<Opened>) {
@@ -658,7 +693,7 @@ impl App {
                 None => Task::none(),
             };
         };
-        if report.loaded || chat.loading {
+        if report.loaded || chat.loading || chat.refreshing {
             return Task::none();
         }
         if chat.older.is_some() && chat.messages.len() < REPORT_MESSAGES {
@@ -692,6 +727,11 @@ impl App {
     fn handle(&mut self, message: Message) -> Task<Message> {
         match message {
             Message::Frame(_) => self.on_frame(),
+            Message::Booted(boot) => self.booted(boot),
+            Message::Copy(text) => {
+                self.notice = Some(Notice::Info("Copied to the clipboard.".into()));
+                iced::clipboard::write(text)
+            }
             Message::Dismiss => {
                 self.notice = None;
                 Task::none()
@@ -753,27 +793,30 @@ impl App {
             return window::close(id);
         }
         self.closing = true;
+        if let Phase::Setup(setup) = &mut self.phase
+            && let Some(join) = &mut setup.join
+            && let Some(handle) = join.handle.take()
+        {
+            handle.abort();
+        }
         match &self.phase {
             // Stop the engine first: it flushes, and tells this account's
             // other devices what they lack.
-            Phase::Running(main) => {
-                let engine = main.engine.clone();
-                Task::perform(async move { engine.shutdown().await }, |_| Message::Closed)
-            }
-            _ => {
-                if let Phase::Setup(setup) = &mut self.phase
-                    && let Some(join) = &mut setup.join
-                    && let Some(handle) = join.handle.take()
-                {
-                    handle.abort();
-                }
-                iced::exit()
-            }
+            Phase::Running(main) => Self::shut_down(main.engine.clone()),
+            // An engine is starting: it is stopped as soon as it is ready
+            // (or exits at once if it fails).
+            _ if self.session.is_some() => Task::none(),
+            _ => iced::exit(),
         }
+    }
+
+    fn shut_down(engine: Engine) -> Task<Message> {
+        Task::perform(async move { engine.shutdown().await }, |_| Message::Closed)
     }
 
     fn on_engine(&mut self, update: Update) -> Task<Message> {
         match update {
+            Update::Ready(engine) if self.closing => Self::shut_down(engine),
             Update::Ready(engine) => {
                 let rename = match &mut self.phase {
                     Phase::Setup(setup) => Some(setup.name.trim().to_owned()),
@@ -792,6 +835,7 @@ impl App {
                 )));
                 Task::none()
             }
+            Update::Failed(_) if self.closing => iced::exit(),
             Update::Failed(why) => {
                 self.session = None;
                 self.phase = Phase::Fatal(why);
@@ -805,7 +849,7 @@ impl App {
                 Task::none()
             }
             Update::Lagged => match &mut self.phase {
-                Phase::Running(main) => main.refresh_all(),
+                Phase::Running(main) => Task::batch([main.refresh_all(), main.reload_chat()]),
                 _ => Task::none(),
             },
             Update::Event(event) => {
@@ -874,9 +918,16 @@ impl App {
         let Some(profile) = self.profile.clone() else {
             return Task::none();
         };
-        let options = match self.node_options() {
-            Ok(options) => options,
-            Err(e) => return self.fail(e),
+        let options = if matches!(
+            message,
+            Message::Create
+                | Message::StartJoin
+                | Message::Unlock
+                | Message::Join(JoinUpdate::Linked { .. })
+        ) {
+            self.node_options()
+        } else {
+            NodeOptions::default()
         };
         match (&mut self.phase, message) {
             (Phase::Setup(setup), Message::SetupName(name)) => setup.name = clip(name),
@@ -902,7 +953,11 @@ impl App {
                 };
                 setup.busy = true;
                 self.notice = None;
-                return Task::perform(bridge::create(profile, lock, options), Message::Opened);
+                let name = name.to_owned();
+                return Task::perform(
+                    bridge::create(profile, name, lock, options),
+                    Message::Opened,
+                );
             }
             (Phase::Setup(setup), Message::StartJoin) => {
                 if setup.busy || setup.join.is_some() {
@@ -923,6 +978,9 @@ impl App {
                 return task;
             }
             (Phase::Setup(setup), Message::CancelJoin) => {
+                if setup.join.as_ref().is_some_and(|j| j.accepted) {
+                    return Task::none();
+                }
                 if let Some(mut join) = setup.join.take()
                     && let Some(handle) = join.handle.take()
                 {
@@ -931,10 +989,16 @@ impl App {
             }
             (Phase::Setup(setup), Message::AnswerOffer(yes)) => {
                 if let Some(join) = &mut setup.join
-                    && let Some((_, _, answer)) = join.offer.take()
+                    && let Some((_, _, answer)) = &join.offer
                     && let Some(answer) = answer.take()
                 {
-                    let _ = answer.send(yes);
+                    if answer.send(yes).is_ok() && yes {
+                        // Writing the account takes a moment; it cannot
+                        // be cancelled half-way.
+                        join.accepted = true;
+                    } else {
+                        join.offer = None;
+                    }
                 }
             }
             (Phase::Setup(setup), Message::Join(update)) => {
@@ -953,7 +1017,17 @@ impl App {
                         }
                         join.expires = expires;
                     }
-                    JoinUpdate::Offer { name, id, answer } => join.offer = Some((name, id, answer)),
+                    JoinUpdate::Offer { name, id, answer } => {
+                        join.offer = Some((name, id, answer));
+                        join.accepted = false;
+                    }
+                    JoinUpdate::Withdrawn => {
+                        join.offer = None;
+                        self.notice = Some(Notice::Info(format!(
+                            "No answer within {} s, so that offer was declined. The code still works: link it again from the other computer.",
+                            bridge::ANSWER_WITHIN.as_secs()
+                        )));
+                    }
                     JoinUpdate::Linked { name } => {
                         setup.join = None;
                         self.notice = Some(Notice::Info(format!(
@@ -1051,8 +1125,9 @@ impl App {
             mdns: form.mdns,
             ..self.settings.clone()
         };
-        if let Err(e) = next.apply(&NodeOptions::default()) {
-            return self.fail(e);
+        let (_, warnings) = next.apply(&NodeOptions::default());
+        if !warnings.is_empty() {
+            return self.fail(format!("Not saved: {}.", warnings.join("; ")));
         }
         self.settings = next;
         self.save_settings(Some(
@@ -1109,6 +1184,8 @@ impl Main {
             settings: SettingsForm::from(settings),
             rename: None,
             news: None,
+            friends_asked: false,
+            friends_stale: false,
         }
     }
 
@@ -1128,7 +1205,7 @@ impl Main {
         )
     }
 
-    fn refresh_all(&self) -> Task<Message> {
+    fn refresh_all(&mut self) -> Task<Message> {
         Task::batch([
             self.refresh_status(),
             self.refresh_friends(),
@@ -1145,7 +1222,15 @@ impl Main {
         )
     }
 
-    fn refresh_friends(&self) -> Task<Message> {
+    /// Asks for the friends list; while one answer is awaited, further
+    /// asks are folded into one more when it comes (a burst of messages
+    /// costs two calls, not one per message).
+    fn refresh_friends(&mut self) -> Task<Message> {
+        if self.friends_asked {
+            self.friends_stale = true;
+            return Task::none();
+        }
+        self.friends_asked = true;
         let engine = self.engine.clone();
         Task::perform(
             async move { engine.friends().await.map_err(err) },
@@ -1190,15 +1275,20 @@ impl Main {
     /// Reloads the newest messages of the open conversation, as many as
     /// are shown (so state changes and new messages appear in the
     /// engine's order).
-    fn reload_chat(&self) -> Task<Message> {
-        match &self.chat {
-            Some(chat) => self.history(
-                chat.friend,
-                None,
-                (chat.messages.len() + 1).clamp(PAGE, kith_core::history::MAX_PAGE),
-            ),
-            None => Task::none(),
+    fn reload_chat(&mut self) -> Task<Message> {
+        let Some(chat) = &mut self.chat else {
+            return Task::none();
+        };
+        if chat.refreshing {
+            chat.stale = true;
+            return Task::none();
         }
+        chat.refreshing = true;
+        let (friend, limit) = (
+            chat.friend,
+            (chat.messages.len() + 1).clamp(PAGE, kith_core::history::MAX_PAGE),
+        );
+        self.history(friend, None, limit)
     }
 
     /// Marks the open conversation read when the user can see it.
@@ -1212,8 +1302,8 @@ impl Main {
         let engine = self.engine.clone();
         let friend = chat.friend;
         Task::perform(
-            async move { engine.mark_read(friend).await.map(|_| None).map_err(err) },
-            Message::Done,
+            async move { engine.mark_read(friend).await.map(|_| ()).map_err(err) },
+            Message::Read,
         )
     }
 
@@ -1250,19 +1340,29 @@ impl Main {
                 }
                 if read {
                     let engine = self.engine.clone();
-                    tasks.push(
-                        self.call(async move { engine.mark_read(friend).await.map(|_| None) }),
-                    );
+                    tasks.push(Task::perform(
+                        async move { engine.mark_read(friend).await.map(|_| ()).map_err(err) },
+                        Message::Read,
+                    ));
                 }
                 Task::batch(tasks)
             }
             Event::State { friend, id, state } => {
-                if let Some(chat) = self.chat.as_mut().filter(|c| c.friend == friend)
-                    && let Some(message) = chat.messages.iter_mut().find(|m| m.id == id)
-                {
-                    message.state = Some(state);
+                let mut reload = false;
+                if let Some(chat) = self.chat.as_mut().filter(|c| c.friend == friend) {
+                    match chat.messages.iter_mut().find(|m| m.id == id) {
+                        Some(message) => message.state = Some(state),
+                        // Not shown yet (its send is still being answered):
+                        // the reload brings it with its state.
+                        None => reload = true,
+                    }
                 }
-                self.refresh_friends()
+                let reload = if reload {
+                    self.reload_chat()
+                } else {
+                    Task::none()
+                };
+                Task::batch([reload, self.refresh_friends()])
             }
             Event::Changed { friend, message } => {
                 if let Some(chat) = self.chat.as_mut().filter(|c| c.friend == friend)
@@ -1309,8 +1409,14 @@ impl Main {
                 Task::none()
             }
             Message::Friends(friends) => {
+                self.friends_asked = false;
+                let again = std::mem::take(&mut self.friends_stale);
                 self.friends = friends.map_err(Notice::Error)?;
-                Task::none()
+                if again {
+                    self.refresh_friends()
+                } else {
+                    Task::none()
+                }
             }
             Message::Requests(requests) => {
                 (self.requests, self.outgoing) = requests.map_err(Notice::Error)?;
@@ -1328,9 +1434,9 @@ impl Main {
                 let Some(chat) = self.chat.as_mut().filter(|c| c.friend == friend) else {
                     return Ok(Task::none());
                 };
-                chat.loading = false;
-                let page = page.map_err(Notice::Error)?;
                 if older {
+                    chat.loading = false;
+                    let page = page.map_err(Notice::Error)?;
                     let mut messages = page.messages;
                     messages.retain(|m| !chat.messages.iter().any(|s| s.id == m.id));
                     messages.append(&mut chat.messages);
@@ -1338,30 +1444,63 @@ impl Main {
                     chat.older = page.older;
                     Task::none()
                 } else {
-                    merge_newest(chat, page);
-                    Task::none()
+                    chat.refreshing = false;
+                    let again = std::mem::take(&mut chat.stale);
+                    merge_newest(chat, page.map_err(Notice::Error)?);
+                    if again {
+                        self.reload_chat()
+                    } else {
+                        Task::none()
+                    }
                 }
             }
             Message::Done(result) => {
-                let ok = result.is_ok();
-                if self.add.busy && ok {
-                    self.add = AddForm::default();
-                }
-                if self.link.busy && ok {
-                    self.link = LinkForm::default();
-                }
-                self.add.busy = false;
-                self.link.busy = false;
                 self.news = result.map_err(Notice::Error)?.map(Notice::Info);
                 Task::batch([self.refresh_all(), self.reload_chat()])
+            }
+            Message::Requested(result) => {
+                self.add.busy = false;
+                result.map_err(Notice::Error)?;
+                self.add = AddForm::default();
+                self.news = Some(Notice::Info(
+                    "Request sent. They appear under Chats once they accept.".into(),
+                ));
+                self.refresh_requests()
+            }
+            Message::LinkedDevice(result) => {
+                self.link.busy = false;
+                let name = result.map_err(Notice::Error)?;
+                self.link = LinkForm::default();
+                self.news = Some(Notice::Info(format!(
+                    "Linked {name}: friends and history are on their way to it."
+                )));
+                self.refresh_devices()
+            }
+            Message::Read(result) => {
+                result.map_err(Notice::Error)?;
+                self.refresh_friends()
+            }
+            Message::ImageRead(picture, result) => {
+                let text = result.map_err(Notice::Error)?;
+                match picture {
+                    Picture::FriendId => self.add.id = text,
+                    Picture::LinkCode => self.link.code = text,
+                }
+                Task::none()
             }
             Message::Quiet(result) => {
                 result.map_err(Notice::Error)?;
                 Task::none()
             }
             Message::Sent(result) => {
+                self.put_back_on_failure(result.is_err());
                 result.map_err(Notice::Error)?;
                 Task::batch([self.reload_chat(), self.refresh_friends()])
+            }
+            Message::Edited(result) => {
+                self.put_back_on_failure(result.is_err());
+                result.map_err(Notice::Error)?;
+                self.reload_chat()
             }
             Message::Rotated(result) => {
                 let id = result.map_err(Notice::Error)?;
@@ -1389,7 +1528,7 @@ impl Main {
                 };
                 // Anchored at the bottom: the reversed offset is from the top.
                 let near_top = viewport.absolute_offset_reversed().y < 48.0;
-                if near_top && !chat.loading && chat.older.is_some() {
+                if near_top && !chat.loading && !chat.refreshing && chat.older.is_some() {
                     chat.loading = true;
                     let older = chat.older.clone();
                     let friend = chat.friend;
@@ -1411,17 +1550,17 @@ impl Main {
                     return Ok(Task::none());
                 };
                 if let Some(message) = chat.messages.iter().find(|m| m.id == id) {
+                    // A draft waits while the edit is made.
+                    if chat.editing.is_none() {
+                        chat.draft = Some(chat.composer.text());
+                    }
                     chat.composer = text_editor::Content::with_text(&message.body);
                     chat.editing = Some(id);
                 }
                 operation::focus(COMPOSER)
             }
             Message::CancelEdit => {
-                if let Some(chat) = &mut self.chat
-                    && chat.editing.take().is_some()
-                {
-                    chat.composer = text_editor::Content::new();
-                }
+                self.cancel_edit();
                 Task::none()
             }
             Message::Ask(confirm) => {
@@ -1433,12 +1572,6 @@ impl Main {
                 Task::none()
             }
             Message::Confirmed => self.confirmed(),
-            Message::Copy(text) => {
-                return Ok(Task::batch([
-                    iced::clipboard::write(text),
-                    Task::done(Message::Done(Ok(Some("Copied to the clipboard.".into())))),
-                ]));
-            }
             Message::ChooseImage(picture) => Task::perform(
                 async {
                     rfd::AsyncFileDialog::new()
@@ -1476,15 +1609,7 @@ impl Main {
                 self.add.image = clip(text);
                 Task::none()
             }
-            Message::ReadImage => {
-                let bytes =
-                    crate::cli::read_image_file(std::path::Path::new(self.add.image.trim()))
-                        .map_err(|e| Notice::Error(e.to_string()))?;
-                let id = qr::read_image(&bytes)
-                    .map_err(|e| Notice::Error(format!("{}: {e}", self.add.image.trim())))?;
-                self.add.id = id.to_string();
-                Task::none()
-            }
+            Message::ReadImage => read_picture(Picture::FriendId, self.add.image.trim()),
             Message::SendRequest => {
                 if self.add.busy {
                     return Ok(Task::none());
@@ -1496,11 +1621,7 @@ impl Main {
                 let engine = self.engine.clone();
                 Task::perform(
                     async move { engine.add(id, note).await.map_err(err) },
-                    |result: Result<(), String>| {
-                        Message::Done(result.map(|()| {
-                            Some("Request sent. They appear under Chats once they accept.".into())
-                        }))
-                    },
+                    Message::Requested,
                 )
             }
             Message::Accept(account) => {
@@ -1537,15 +1658,7 @@ impl Main {
                 self.link.image = clip(text);
                 Task::none()
             }
-            Message::ReadLinkImage => {
-                let bytes =
-                    crate::cli::read_image_file(std::path::Path::new(self.link.image.trim()))
-                        .map_err(|e| Notice::Error(e.to_string()))?;
-                let code = LinkCode::read_qr_image(&bytes)
-                    .map_err(|e| Notice::Error(format!("{}: {e}", self.link.image.trim())))?;
-                self.link.code = code.to_text();
-                Task::none()
-            }
+            Message::ReadLinkImage => read_picture(Picture::LinkCode, self.link.image.trim()),
             Message::LinkDevice => {
                 if self.link.busy {
                     return Ok(Task::none());
@@ -1558,18 +1671,12 @@ impl Main {
                 Task::perform(
                     async move {
                         let device = engine.link_device(code, name).await.map_err(err)?;
-                        Ok(Some(format!(
-                            "Linked {}: friends and history are on their way to it.",
-                            device.name
-                        )))
+                        Ok(device.name)
                     },
-                    Message::Done,
+                    Message::LinkedDevice,
                 )
             }
-            Message::Tick => {
-                self.tick();
-                Task::none()
-            }
+            Message::Tick => self.tick(),
             Message::RefreshStatus => self.refresh_status(),
             Message::Key(keyboard::Event::KeyPressed { key, modifiers, .. }) => {
                 self.on_key(&key, modifiers)
@@ -1596,11 +1703,7 @@ impl Main {
         match key.as_ref() {
             keyboard::Key::Named(Named::Escape) => {
                 self.confirm = None;
-                if let Some(chat) = &mut self.chat
-                    && chat.editing.take().is_some()
-                {
-                    chat.composer = text_editor::Content::new();
-                }
+                self.cancel_edit();
                 Task::none()
             }
             keyboard::Key::Character(c) if modifiers.command() => {
@@ -1628,7 +1731,11 @@ impl Main {
             friend,
             messages: Vec::new(),
             older: None,
-            loading: true,
+            loading: false,
+            refreshing: true,
+            stale: false,
+            draft: None,
+            unsent: None,
             composer: text_editor::Content::new(),
             editing: None,
             last_key: None,
@@ -1695,7 +1802,7 @@ impl Main {
         .discard()
     }
 
-    fn tick(&mut self) {
+    fn tick(&mut self) -> Task<Message> {
         let now = Instant::now();
         self.typing
             .retain(|_, since| now.duration_since(*since) < TYPING_SHOWN);
@@ -1706,8 +1813,32 @@ impl Main {
                     .is_none_or(|last| now.duration_since(last) >= TYPING_IDLE)
         });
         if idle {
-            // The task only tells the friend; nothing comes back.
-            let _ = self.stop_typing();
+            return self.stop_typing();
+        }
+        Task::none()
+    }
+
+    /// Leaves an edit: the draft written before it comes back.
+    fn cancel_edit(&mut self) {
+        if let Some(chat) = &mut self.chat
+            && chat.editing.take().is_some()
+        {
+            chat.composer = text_editor::Content::with_text(&chat.draft.take().unwrap_or_default());
+        }
+    }
+
+    /// A send or edit failed: its text goes back into the composer, if
+    /// the user has not started something else there.
+    fn put_back_on_failure(&mut self, failed: bool) {
+        let Some(chat) = &mut self.chat else {
+            return;
+        };
+        let Some((text, editing)) = chat.unsent.take() else {
+            return;
+        };
+        if failed && chat.composer.text().trim().is_empty() {
+            chat.composer = text_editor::Content::with_text(&text);
+            chat.editing = editing;
         }
     }
 
@@ -1732,18 +1863,14 @@ impl Main {
         let body = body.to_owned();
         let friend = chat.friend;
         let editing = chat.editing.take();
-        chat.composer = text_editor::Content::new();
+        chat.unsent = Some((body.clone(), editing));
+        chat.composer =
+            text_editor::Content::with_text(&editing.and(chat.draft.take()).unwrap_or_default());
         let engine = self.engine.clone();
         let send = match editing {
             Some(target) => Task::perform(
-                async move {
-                    engine
-                        .edit(friend, target, body)
-                        .await
-                        .map(|()| None)
-                        .map_err(err)
-                },
-                Message::Done,
+                async move { engine.edit(friend, target, body).await.map_err(err) },
+                Message::Edited,
             ),
             None => Task::perform(
                 async move { engine.send(friend, body).await.map_err(err) },
@@ -1784,6 +1911,30 @@ impl Main {
     }
 }
 
+/// Reads and decodes a picture of a QR code off the window's thread.
+fn read_picture(picture: Picture, path: &str) -> Task<Message> {
+    let path = PathBuf::from(path);
+    Task::perform(
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let bytes = crate::cli::read_image_file(&path).map_err(|e| e.to_string())?;
+                let shown = path.display();
+                match picture {
+                    Picture::FriendId => qr::read_image(&bytes)
+                        .map(|id| id.to_string())
+                        .map_err(|e| format!("{shown}: {e}")),
+                    Picture::LinkCode => LinkCode::read_qr_image(&bytes)
+                        .map(|code| code.to_text())
+                        .map_err(|e| format!("{shown}: {e}")),
+                }
+            })
+            .await
+            .map_err(|e| format!("internal error: {e}"))?
+        },
+        move |result| Message::ImageRead(picture, result),
+    )
+}
+
 /// The start of a message, for a notification.
 fn preview(body: &str) -> String {
     let mut chars = body.chars();
@@ -1800,8 +1951,12 @@ fn merge_newest(chat: &mut Chat, page: HistoryPage) {
     let overlap = first.and_then(|id| chat.messages.iter().position(|m| m.id == id));
     match overlap {
         Some(at) => {
-            chat.messages.truncate(at);
+            // Messages that came in by event after the page was read are
+            // newer than it: they stay, after it.
+            let mut tail = chat.messages.split_off(at);
+            tail.retain(|m| !page.messages.iter().any(|p| p.id == m.id));
             chat.messages.extend(page.messages);
+            chat.messages.extend(tail);
         }
         None => {
             chat.messages = page.messages;

@@ -83,6 +83,8 @@ pub struct Opened {
     pub store: Store,
     /// Network settings.
     pub options: NodeOptions,
+    /// The name friends see, for a profile made just now.
+    pub display_name: Option<String>,
 }
 
 /// What the first screen should be for a profile.
@@ -107,12 +109,18 @@ pub fn boot(profile: &Profile, options: &NodeOptions) -> Result<Boot, String> {
                 identity,
                 store,
                 options: options.clone(),
+                display_name: None,
             })))
         }
         Err(ProfileError::Locked { .. }) => Ok(Boot::Locked),
         Err(ProfileError::NoIdentity { .. }) => Ok(Boot::New),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// [`boot`] off the window's thread (opening sled takes a moment).
+pub async fn boot_later(profile: Profile, options: NodeOptions) -> Result<Slot<Boot>, String> {
+    blocking(move || boot(&profile, &options).map(Slot::new)).await
 }
 
 /// Opens a locked profile (key derivation takes a moment: run it off the
@@ -133,6 +141,7 @@ pub async fn unlock(
             identity,
             store,
             options,
+            display_name: None,
         }))
     })
     .await
@@ -142,26 +151,44 @@ pub async fn unlock(
 /// opens it.
 pub async fn create(
     profile: Profile,
+    name: String,
     lock: Option<Passphrase>,
     options: NodeOptions,
 ) -> Result<Slot<Opened>, String> {
     blocking(move || {
         let identity = Identity::generate();
-        // The database first: if the identity cannot be written after it,
-        // the profile still has no identity and can be created again.
-        let store = crate::cli::create_store(&profile, lock.as_ref()).map_err(|e| e.to_string())?;
-        profile
-            .create_identity(
-                &identity,
-                lock.as_ref().map(|p| (p, KdfParams::INTERACTIVE)),
-            )
-            .map_err(|e| e.to_string())?;
+        let had_folder = profile.dir().exists();
+        // The database first, then the identity; if either fails, the
+        // database goes again, so the profile can be created (or linked)
+        // afresh instead of holding a database no identity opens.
+        let written = crate::cli::create_store(&profile, lock.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|store| {
+                profile
+                    .create_identity(
+                        &identity,
+                        lock.as_ref().map(|p| (p, KdfParams::INTERACTIVE)),
+                    )
+                    .map_err(|e| e.to_string())?;
+                Ok(store)
+            });
+        let store = match written {
+            Ok(store) => store,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(profile.dir().join("db"));
+                if !had_folder {
+                    let _ = std::fs::remove_dir_all(profile.dir());
+                }
+                return Err(e);
+            }
+        };
         Ok(Slot::new(Opened {
             profile,
             passphrase: lock,
             identity,
             store,
             options,
+            display_name: Some(name),
         }))
     })
     .await
@@ -224,6 +251,12 @@ pub fn engine_updates(session: &Session) -> impl Stream<Item = Update> + use<> {
     let opened = session.opened.take();
     iced::stream::channel(16, async move |mut out: Sender<Update>| {
         let Some(opened) = opened else {
+            // iced restarted the subscription of a session already used.
+            let _ = out
+                .send(Update::Failed(
+                    "the messenger was already started once; restart Kith".into(),
+                ))
+                .await;
             return;
         };
         let Opened {
@@ -232,8 +265,16 @@ pub fn engine_updates(session: &Session) -> impl Stream<Item = Update> + use<> {
             identity,
             store,
             options,
+            display_name,
         } = opened;
-        let started = control::start_opened(&profile, passphrase, identity, store, &options);
+        let started = control::start_opened(
+            &profile,
+            passphrase,
+            identity,
+            store,
+            &options,
+            display_name,
+        );
         let (engine, mut events) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -356,22 +397,26 @@ impl Settings {
     }
 
     /// The node options for the next start: the command line's, plus
-    /// these settings.
-    pub fn apply(&self, options: &NodeOptions) -> Result<NodeOptions, SettingsError> {
+    /// these settings. Entries that cannot be used (a mistyped bootstrap
+    /// address, 0 MB) are left out and named in the warnings.
+    pub fn apply(&self, options: &NodeOptions) -> (NodeOptions, Vec<String>) {
         let mut options = options.clone();
+        let mut warnings = Vec::new();
         for address in &self.bootstrap {
-            let parsed = address
-                .parse()
-                .map_err(|e| format!("bootstrap node '{address}': {e}"))?;
-            if !options.bootstrap.contains(&parsed) {
-                options.bootstrap.push(parsed);
+            match address.parse() {
+                Ok(parsed) => {
+                    if !options.bootstrap.contains(&parsed) {
+                        options.bootstrap.push(parsed);
+                    }
+                }
+                Err(e) => warnings.push(format!("bootstrap node '{address}' left out: {e}")),
             }
         }
         if options.volunteer_mb.is_none() {
-            options.volunteer_mb = self.volunteer_mb;
+            options.volunteer_mb = self.volunteer_mb.filter(|mb| *mb > 0);
         }
         options.mdns |= self.mdns;
-        Ok(options)
+        (options, warnings)
     }
 }
 
@@ -397,6 +442,9 @@ pub enum JoinUpdate {
         /// Send `true` to join.
         answer: Answer,
     },
+    /// The offer was not answered in time and was declined; the code
+    /// still works for another try.
+    Withdrawn,
     /// Joined: the profile now holds the account.
     Linked {
         /// The account's display name.
@@ -450,8 +498,13 @@ async fn run_join(
             answer: Slot::new(tx),
         };
         out.send(ask).await.map_err(|_| "closed".to_owned())?;
-        let yes = matches!(tokio::time::timeout(ANSWER_WITHIN, rx).await, Ok(Ok(true)));
-        if !yes {
+        let answer = tokio::time::timeout(ANSWER_WITHIN, rx).await;
+        if !matches!(answer, Ok(Ok(true))) {
+            if answer.is_err() {
+                out.send(JoinUpdate::Withdrawn)
+                    .await
+                    .map_err(|_| "closed".to_owned())?;
+            }
             joining.decline(offer);
             continue;
         }

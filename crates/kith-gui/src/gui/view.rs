@@ -96,7 +96,12 @@ fn setup_view(setup: &Setup) -> Element<'_, Message> {
                     .push(
                         center(qr_code(qr).cell_size(4).style(print_style)).height(Length::Shrink),
                     )
-                    .push(text(code).font(fonts::MONO).size(13))
+                    .push(
+                        text(code)
+                            .font(fonts::MONO)
+                            .size(13)
+                            .wrapping(text::Wrapping::Glyph),
+                    )
                     .push(
                         button(text("Copy the code"))
                             .on_press(Message::Copy(code.clone()))
@@ -104,6 +109,12 @@ fn setup_view(setup: &Setup) -> Element<'_, Message> {
                     );
             }
             None => page = page.push(text("Making a code…")),
+        }
+        if let Some((name, _, _)) = &join.offer
+            && join.accepted
+        {
+            page = page.push(text(format!("Joining {name}'s account…")).font(fonts::BOLD));
+            return center(page).padding(PAD).into();
         }
         if let Some((name, id, _)) = &join.offer {
             page = page.push(
@@ -131,7 +142,7 @@ fn setup_view(setup: &Setup) -> Element<'_, Message> {
                 .on_press(Message::CancelJoin)
                 .style(button::secondary),
         );
-        return center(scrollable(page).spacing(4)).padding(PAD).into();
+        return center(page).padding(PAD).into();
     }
     let create = (!setup.busy).then_some(Message::Create);
     let page = column![
@@ -356,7 +367,7 @@ fn conversation<'a>(main: &'a Main, chat: &'a Chat) -> Element<'a, Message> {
     }
 
     let mut messages = Column::new().spacing(8).padding([8.0, PAD]);
-    if chat.loading {
+    if chat.loading || (chat.refreshing && chat.messages.is_empty()) {
         messages = messages.push(text("Loading…").style(text::secondary));
     } else if chat.older.is_none() && !chat.messages.is_empty() {
         messages = messages.push(
