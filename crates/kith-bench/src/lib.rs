@@ -6,12 +6,16 @@
 //! loopback, real `kith-net` nodes and `kith-core` engines, never
 //! stand-ins. The `dht` scenario runs its network in one process on
 //! libp2p's memory transport. Build with `--release`.
+//!
+//! A scenario that repeats a measurement may also print each run's
+//! figures, as lines with a `run` field (1, 2, …) after `value`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod chat;
 pub mod connect;
 pub mod dht;
+pub mod gui;
 pub mod idle;
 pub mod memory;
 pub mod offline;
@@ -25,17 +29,43 @@ struct Line<'a> {
     scenario: &'a str,
     metric: &'a str,
     value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<usize>,
+}
+
+impl Line<'_> {
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let line = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        writeln!(out, "{line}")
+    }
 }
 
 /// Writes one metric line.
 pub fn emit(out: &mut impl Write, scenario: &str, metric: &str, value: f64) -> std::io::Result<()> {
-    let line = serde_json::to_string(&Line {
+    Line {
         scenario,
         metric,
         value,
-    })
-    .map_err(std::io::Error::other)?;
-    writeln!(out, "{line}")
+        run: None,
+    }
+    .write(out)
+}
+
+/// Writes one metric line of run `run` (counted from 1).
+pub fn emit_run(
+    out: &mut impl Write,
+    scenario: &str,
+    run: usize,
+    metric: &str,
+    value: f64,
+) -> std::io::Result<()> {
+    Line {
+        scenario,
+        metric,
+        value,
+        run: Some(run),
+    }
+    .write(out)
 }
 
 /// Writes one line per `(metric, p)`: the `p`-th percentile of `samples`;
@@ -155,5 +185,19 @@ mod tests {
         assert_eq!(value["scenario"], "connect");
         assert_eq!(value["metric"], "p50_ms");
         assert_eq!(value["value"], 12.5);
+        assert!(value.get("run").is_none());
+    }
+
+    #[test]
+    fn run_lines_carry_their_run_last() {
+        let mut out = Vec::new();
+        emit_run(&mut out, "gui", 2, "first_frame_ms", 412.0).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.ends_with(",\"run\":2}\n"), "{text}");
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["scenario"], "gui");
+        assert_eq!(value["metric"], "first_frame_ms");
+        assert_eq!(value["value"], 412.0);
+        assert_eq!(value["run"], 2);
     }
 }

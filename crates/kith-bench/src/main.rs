@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kith_bench::{chat, connect, dht, emit, emit_percentiles, idle, memory, offline, proc};
+use kith_bench::{
+    chat, connect, dht, emit, emit_percentiles, emit_run, gui, idle, memory, offline, proc,
+};
 
 /// Kith benchmarks; one JSON object per metric on standard output.
 #[derive(Debug, Parser)]
@@ -129,6 +131,30 @@ enum Scenario {
         /// The kithd binary (default: the one beside kith-bench).
         #[arg(long, value_name = "PATH")]
         kithd: Option<PathBuf>,
+    },
+    /// The desktop window (`kith` with no command) on a private Xvfb
+    /// display, with a friend and a conversation prepared through two
+    /// `kith daemon`s and one kithd on loopback: time to its first frame,
+    /// time until it has opened the conversation and scrolled back through
+    /// 1,000 messages, and its resident memory then.
+    Gui {
+        /// Window launches (the conversation is prepared once).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Messages in the conversation, half from each side (the window
+        /// loads at most 1,000).
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// The renderer iced is told to use (`ICED_BACKEND`; default:
+        /// iced's choice, wgpu when it finds an adapter, else tiny-skia).
+        #[arg(long, value_enum)]
+        renderer: Option<gui::Renderer>,
+        /// The kithd binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kithd: Option<PathBuf>,
+        /// The kith binary (default: the one beside kith-bench).
+        #[arg(long, value_name = "PATH")]
+        kith: Option<PathBuf>,
     },
 }
 
@@ -350,6 +376,64 @@ fn main() -> anyhow::Result<()> {
                 emit(&mut out, "idle", metric, value)?;
             }
             emit(&mut out, "idle", "runs", 1.0)?;
+        }
+        Scenario::Gui {
+            runs,
+            messages,
+            renderer,
+            kithd,
+            kith,
+        } => {
+            anyhow::ensure!(runs > 0, "--runs must be at least 1");
+            anyhow::ensure!(messages > 0, "--messages must be at least 1");
+            let params = gui::GuiParams {
+                kithd: proc::kithd_binary(kithd)?,
+                kith: proc::kith_binary(kith)?,
+                messages,
+                runs,
+                renderer,
+            };
+            let results = gui::run(&params)?;
+            for (index, run) in results.iter().enumerate() {
+                for (metric, value) in [
+                    ("first_frame_ms", run.first_frame_ms),
+                    ("launch_to_first_frame_ms", run.launch_ms),
+                    ("conversation_ms", run.conversation_ms),
+                    ("messages", run.messages as f64),
+                    ("rss_kb", run.rss_kb as f64),
+                    ("rss_anon_kb", run.anon_kb as f64),
+                    ("rss_file_kb", run.file_kb as f64),
+                    ("peak_rss_kb", run.peak_kb as f64),
+                ] {
+                    emit_run(&mut out, "gui", index + 1, metric, value)?;
+                }
+            }
+            let of = |pick: fn(&gui::GuiRun) -> f64| results.iter().map(pick).collect::<Vec<_>>();
+            emit_percentiles(
+                &mut out,
+                "gui",
+                &of(|r| r.first_frame_ms),
+                &[("first_frame_ms_p50", 50.0), ("first_frame_ms_max", 100.0)],
+            )?;
+            emit_percentiles(
+                &mut out,
+                "gui",
+                &of(|r| r.conversation_ms),
+                &[("conversation_ms_p50", 50.0)],
+            )?;
+            // Memory: the largest over runs, with its parts.
+            if let Some(run) = results.iter().max_by_key(|r| r.rss_kb) {
+                emit(&mut out, "gui", "rss_kb", run.rss_kb as f64)?;
+                emit(&mut out, "gui", "rss_anon_kb", run.anon_kb as f64)?;
+                emit(&mut out, "gui", "rss_file_kb", run.file_kb as f64)?;
+            }
+            emit_percentiles(
+                &mut out,
+                "gui",
+                &of(|r| r.messages as f64),
+                &[("messages", 0.0)],
+            )?;
+            emit(&mut out, "gui", "runs", results.len() as f64)?;
         }
     }
     Ok(())

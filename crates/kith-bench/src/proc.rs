@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kith_net::Multiaddr;
@@ -74,18 +75,16 @@ impl Drop for Kithd {
     }
 }
 
-/// A running `kith daemon` (a client with its engine) on a fresh profile
-/// in a temporary `KITH_HOME`, killed when dropped.
+/// A running `kith daemon` (a client with its engine) on a profile in a
+/// `KITH_HOME`, killed when dropped (or stopped with [`Self::stop`]).
 pub struct KithDaemon {
     child: Child,
-    _home: tempfile::TempDir,
+    _home: Option<tempfile::TempDir>,
 }
 
 impl KithDaemon {
-    /// Creates an identity with `binary id new`, then starts `binary
-    /// daemon` bootstrapping from `bootstrap` and listening on TCP and QUIC
-    /// on 127.0.0.1 (a desktop client's default transports, loopback only).
-    /// Returns once the daemon says it is running.
+    /// Creates an identity with `binary id new` in a fresh temporary
+    /// `KITH_HOME`, then starts the daemon as [`Self::start_in`] does.
     pub fn start(binary: &Path, bootstrap: &[Multiaddr]) -> anyhow::Result<Self> {
         let home = tempfile::tempdir()?;
         let status = Command::new(binary)
@@ -97,13 +96,28 @@ impl KithDaemon {
         if !status.success() {
             bail!("`kith id new` failed: {status}");
         }
+        let mut daemon = Self::start_in(binary, home.path(), "bench", bootstrap)?;
+        daemon._home = Some(home);
+        Ok(daemon)
+    }
+
+    /// Starts `binary daemon` for `profile` (which must hold an identity)
+    /// in `home`, bootstrapping from `bootstrap` and listening on TCP and
+    /// QUIC on 127.0.0.1 (a desktop client's default transports, loopback
+    /// only). Returns once the daemon says it is running.
+    pub fn start_in(
+        binary: &Path,
+        home: &Path,
+        profile: &str,
+        bootstrap: &[Multiaddr],
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary);
         for addr in bootstrap {
             command.arg("--bootstrap").arg(addr.to_string());
         }
         let child = command
-            .env("KITH_HOME", home.path())
-            .args(["--profile", "bench", "--json"])
+            .env("KITH_HOME", home)
+            .args(["--profile", profile, "--json"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
             .arg("daemon")
@@ -112,7 +126,7 @@ impl KithDaemon {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         // Killed on every early return from here on.
-        let mut daemon = Self { child, _home: home };
+        let mut daemon = Self { child, _home: None };
         let stdout = daemon.child.stdout.take().context("kith daemon stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let line = lines
@@ -133,6 +147,13 @@ impl KithDaemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the daemon as Ctrl-C would (SIGTERM), so that it closes its
+    /// store and frees the profile; killed if it is still running after
+    /// `grace`.
+    pub fn stop(&mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        terminate(&mut self.child, grace)
+    }
 }
 
 impl Drop for KithDaemon {
@@ -140,6 +161,30 @@ impl Drop for KithDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends SIGTERM to `child` (with the `kill` command: no unsafe code for
+/// a signal) and waits up to `grace` for it to end, then kills it.
+/// Returns how it ended.
+pub fn terminate(child: &mut Child, grace: Duration) -> anyhow::Result<ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .context("running kill")?;
+    if sent.success() {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    child.kill()?;
+    Ok(child.wait()?)
 }
 
 /// `VmRSS` of this process, in KiB.
@@ -269,13 +314,24 @@ mod tests {
     fn cpu_time_grows_with_work() {
         let me = std::process::id();
         let before = cpu_ms(me).unwrap();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(300) {
+        while started.elapsed() < Duration::from_millis(300) {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
         }
         let used = cpu_ms(me).unwrap() - before;
         // At least a third of the 300 ms on the CPU, even on a busy machine.
         assert!(used >= 100.0, "{used} ms");
+    }
+
+    #[test]
+    fn terminate_ends_a_process_with_sigterm() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+        let status = terminate(&mut child, Duration::from_secs(30)).unwrap();
+        assert_eq!(status.signal(), Some(15), "{status}");
+        // Once ended, it is ended: the status again, no signal sent.
+        let again = terminate(&mut child, Duration::from_secs(30)).unwrap();
+        assert_eq!(again.signal(), Some(15));
     }
 }
