@@ -410,6 +410,11 @@ enum Command {
         reply: Reply<HistoryPage>,
     },
     RotateNospam(Reply<KithId>),
+    ChangePassphrase {
+        current: Option<Passphrase>,
+        new: Option<Passphrase>,
+        reply: Reply<()>,
+    },
     SetName {
         name: String,
         reply: Reply<()>,
@@ -610,6 +615,27 @@ impl Engine {
             friend,
             older,
             limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets, changes (or with `new` = `None` removes) the passphrase
+    /// that locks the profile's identity file and database; `current` must
+    /// open the identity file. Both are re-written: the identity under the
+    /// new passphrase is staged beside the old file, the database is
+    /// re-keyed in one batch, then the staged file takes the old one's
+    /// place (`Profile::stage_identity`). Takes a few seconds (key
+    /// derivation, every value re-sealed), during which the engine answers
+    /// nothing else.
+    pub async fn change_passphrase(
+        &self,
+        current: Option<Passphrase>,
+        new: Option<Passphrase>,
+    ) -> Result<(), EngineError> {
+        self.ask(|reply| Command::ChangePassphrase {
+            current,
+            new,
             reply,
         })
         .await

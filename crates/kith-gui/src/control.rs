@@ -209,11 +209,84 @@ pub fn start_engine(
     passphrase: Option<Passphrase>,
     options: &NodeOptions,
 ) -> Result<(Engine, impl futures::Stream<Item = Event> + Unpin + use<>), ControlError> {
-    let identity = profile
-        .load_identity(passphrase.as_ref())
+    let (identity, store) = open_profile(profile, passphrase.as_ref())
         .map_err(|e| ControlError::Start(e.to_string()))?;
-    let store = open_store(profile, passphrase.as_ref())?;
     start_opened(profile, passphrase, identity, store, options, None)
+}
+
+/// Why a profile could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenProfileError {
+    /// The identity file.
+    #[error(transparent)]
+    Profile(#[from] kith_store::profile::ProfileError),
+    /// The database.
+    #[error(transparent)]
+    Store(ControlError),
+    /// A change of passphrase stopped half-way and this is the old one.
+    #[error("the passphrase of profile '{0}' was being changed: give the new one")]
+    GiveTheNewPassphrase(String),
+}
+
+/// Opens the profile's identity and database with `passphrase`,
+/// finishing a change of passphrase that stopped half-way
+/// ([`Profile::stage_identity`]): whichever passphrase opens the database
+/// decides whether the staged identity file or the old one is right.
+pub fn open_profile(
+    profile: &Profile,
+    passphrase: Option<&Passphrase>,
+) -> Result<(kith_store::profile::Identity, Store), OpenProfileError> {
+    use kith_store::profile::ProfileError;
+    match profile.load_identity(passphrase) {
+        Ok(identity) => match open_store(profile, passphrase) {
+            Ok(store) if profile.has_staged() => {
+                // The right identity file is the one locked as the
+                // database is (a passphrase set or removed), and opened by
+                // the passphrase that opened it.
+                let locked = store.is_locked();
+                let staged_locked =
+                    matches!(profile.load_staged(None), Err(ProfileError::Locked { .. }));
+                if staged_locked == locked
+                    && profile.is_locked()? != locked
+                    && let Ok(Some(staged)) = profile.load_staged(passphrase)
+                {
+                    profile.commit_staged()?;
+                    return Ok((staged, store));
+                }
+                // A change that never reached the database.
+                profile.discard_staged()?;
+                Ok((identity, store))
+            }
+            Ok(store) => Ok((identity, store)),
+            Err(e) if profile.has_staged() => {
+                let _ = e;
+                Err(OpenProfileError::GiveTheNewPassphrase(
+                    profile.name().to_owned(),
+                ))
+            }
+            Err(e) => Err(OpenProfileError::Store(e)),
+        },
+        Err(e @ (ProfileError::WrongPassphrase { .. } | ProfileError::Locked { .. }))
+            if profile.has_staged() =>
+        {
+            // The database may already be under the new passphrase.
+            let Ok(Some(identity)) = profile.load_staged(passphrase) else {
+                return Err(e.into());
+            };
+            let store = open_store(profile, passphrase).map_err(|_| e)?;
+            let staged_locked =
+                matches!(profile.load_staged(None), Err(ProfileError::Locked { .. }));
+            if staged_locked != store.is_locked() {
+                return Err(OpenProfileError::Store(ControlError::Start(
+                    "the identity file and the database disagree about the passphrase".into(),
+                )));
+            }
+            profile.commit_staged()?;
+            Ok((identity, store))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Starts the engine of a profile whose identity and store are already

@@ -17,8 +17,8 @@ use kith_core::engine::MessageState;
 use kith_core::history::Author;
 use kith_gui::control::NodeOptions;
 use kith_gui::gui::app::{
-    ADD_ID, ADD_IMAGE, ADD_NOTE, COMPOSER, LINK_CODE, LINK_NAME, MESSAGES, Notice, Phase,
-    SETUP_NAME, SETUP_PASSPHRASE, UNLOCK,
+    ADD_ID, ADD_IMAGE, ADD_NOTE, COMPOSER, LINK_CODE, LINK_NAME, MESSAGES, Notice, PASS_FIELDS,
+    Phase, SETUP_NAME, SETUP_PASSPHRASE, UNLOCK,
 };
 use kith_gui::gui::bridge::engine_updates;
 use kith_gui::gui::{App, Message, Options};
@@ -675,4 +675,99 @@ fn a_friend_id_is_read_from_a_picture_of_its_qr_code() {
         |app| matches!(&app.phase, Phase::Running(main) if main.add.id == expected),
     );
     assert!(window.sees(&theirs.to_string()));
+}
+
+#[test]
+fn a_passphrase_set_in_settings_locks_the_profile_and_can_be_removed() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let mut window = Window::open(&runtime, home.path(), "sam", &[]);
+    create(&mut window, "Sam");
+    let id = window.main().id.as_ref().unwrap().0;
+    window.click("Settings");
+    assert!(window.sees(
+        "Kith opens without a passphrase. One locks your identity and messages on this computer."
+    ));
+    window.type_into(PASS_FIELDS[1], "tree frog");
+    window.type_into(PASS_FIELDS[2], "tree frog");
+    window.click("Lock with this passphrase");
+    window.until(
+        "the passphrase set",
+        |app| matches!(&app.notice, Some(Notice::Info(n)) if n.starts_with("Passphrase set")),
+    );
+    window.close(home.path());
+
+    // Next start asks for it; the old state (none) no longer opens it.
+    let mut window = Window::open(&runtime, home.path(), "sam", &[]);
+    assert!(window.sees("Unlock Kith"));
+    window.type_into(UNLOCK, "tree frog");
+    window.click("Unlock");
+    window.until("the messenger opening", running);
+    assert_eq!(window.main().id.as_ref().unwrap().0, id);
+
+    // Removing it needs the current one.
+    window.click("Settings");
+    window.type_into(PASS_FIELDS[0], "wrong");
+    window.click("Remove the passphrase");
+    window.until("the wrong current passphrase refused", |app| {
+        matches!(&app.notice, Some(Notice::Error(e)) if e.contains("current passphrase is not right"))
+    });
+    window.type_into(PASS_FIELDS[0], "tree frog");
+    window.click("Remove the passphrase");
+    window.until(
+        "the passphrase removed",
+        |app| matches!(&app.notice, Some(Notice::Info(n)) if n.starts_with("Passphrase removed")),
+    );
+    window.close(home.path());
+    let mut window = Window::open(&runtime, home.path(), "sam", &[]);
+    window.until("the messenger opening without a passphrase", running);
+}
+
+/// A change of passphrase stopped by a crash after the database took the
+/// new one: the new passphrase opens the profile and finishes the change.
+#[test]
+fn a_change_of_passphrase_cut_short_is_finished_by_the_passphrase_that_opens_the_database() {
+    use kith_gui::control::{OpenProfileError, open_profile, open_store};
+    use kith_store::{KdfParams, Passphrase};
+    let home = tempfile::tempdir().unwrap();
+    let profile = kith_store::profile::Profile::in_base(home.path(), "cut").unwrap();
+    let identity = kith_store::profile::Identity::generate();
+    let old = Passphrase::new("old one");
+    let new = Passphrase::new("new one");
+    let store = kith_gui::cli::create_store(&profile, Some(&old)).unwrap();
+    drop(store);
+    profile
+        .create_identity(&identity, Some((&old, KdfParams::INTERACTIVE)))
+        .unwrap();
+
+    // Crash after staging only: the old passphrase still opens it, and the
+    // staged file goes.
+    profile
+        .stage_identity(&identity, Some((&new, KdfParams::INTERACTIVE)))
+        .unwrap();
+    let (opened, store) = open_profile(&profile, Some(&old)).unwrap();
+    assert_eq!(opened.kith_id(), identity.kith_id());
+    drop(store);
+    assert!(!profile.has_staged());
+
+    // Crash after the database was re-keyed: the old passphrase is told
+    // to give the new one; the new one opens both and finishes.
+    profile
+        .stage_identity(&identity, Some((&new, KdfParams::INTERACTIVE)))
+        .unwrap();
+    let mut store = open_store(&profile, Some(&old)).unwrap();
+    store
+        .set_passphrase(Some(&new), KdfParams::INTERACTIVE)
+        .unwrap();
+    drop(store);
+    assert!(matches!(
+        open_profile(&profile, Some(&old)),
+        Err(OpenProfileError::GiveTheNewPassphrase(_))
+    ));
+    let (opened, store) = open_profile(&profile, Some(&new)).unwrap();
+    assert_eq!(opened.kith_id(), identity.kith_id());
+    drop(store);
+    assert!(!profile.has_staged());
+    assert!(profile.load_identity(Some(&new)).is_ok());
+    assert!(profile.load_identity(Some(&old)).is_err());
 }

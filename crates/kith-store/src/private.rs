@@ -162,6 +162,13 @@ fn replace_with(
     sync_dir(dir)
 }
 
+/// Atomically renames `from` over `to` (in the same folder) and syncs the
+/// folder: after a crash the name holds the old file or the new one.
+pub fn rename(from: &Path, to: &Path) -> Result<(), PrivateFileError> {
+    fs::rename(from, to).map_err(io(to))?;
+    sync_dir(to.parent().unwrap_or_else(|| Path::new(".")))
+}
+
 /// Reads a whole file of at most `max` bytes, refusing larger ones unread.
 pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, PrivateFileError> {
     let file = fs::File::open(path).map_err(io(path))?;

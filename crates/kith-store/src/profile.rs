@@ -62,6 +62,9 @@ pub const DEFAULT_PROFILE: &str = "default";
 pub const MAX_PROFILE_NAME: usize = 64;
 
 const IDENTITY_FILE: &str = "identity.key";
+/// The identity under a new passphrase while the passphrase changes
+/// ([`Profile::stage_identity`]).
+const STAGED_FILE: &str = "identity.key.next";
 const MAGIC: &[u8] = b"KITH-IDENTITY\n";
 /// Format 1: the body in the clear.
 const FORMAT_PLAIN: u8 = 1;
@@ -339,6 +342,65 @@ impl Profile {
         let bytes = encode_identity(identity, lock, &path)?;
         private::replace(&path, &bytes)?;
         Ok(())
+    }
+
+    /// First step of changing the passphrase: writes `identity`, sealed
+    /// under `lock` (or in the clear), beside the identity file as
+    /// `identity.key.next`. The database is re-keyed next, then
+    /// [`Profile::commit_staged`] puts the staged file in place. After a
+    /// crash in between, [`Profile::load_staged`] finds it: whichever
+    /// passphrase opens the database decides which file is right.
+    pub fn stage_identity(
+        &self,
+        identity: &Identity,
+        lock: Option<(&Passphrase, KdfParams)>,
+    ) -> Result<(), ProfileError> {
+        let path = self.dir.join(STAGED_FILE);
+        let bytes = encode_identity(identity, lock, &path)?;
+        private::replace(&path, &bytes)?;
+        Ok(())
+    }
+
+    /// The staged identity, opened with `passphrase`, if a change of
+    /// passphrase left one.
+    pub fn load_staged(
+        &self,
+        passphrase: Option<&Passphrase>,
+    ) -> Result<Option<Identity>, ProfileError> {
+        let path = self.dir.join(STAGED_FILE);
+        let bytes = match private::read_limited(&path, MAX_IDENTITY_FILE) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(PrivateFileError::TooLarge { found, .. }) => return Err(too_large(path, found)),
+            Err(e) => return Err(e.into()),
+        };
+        decode_identity(&bytes, passphrase)
+            .map(Some)
+            .map_err(|e| self.decode_error(path, e))
+    }
+
+    /// Whether a change of passphrase left a staged identity.
+    pub fn has_staged(&self) -> bool {
+        self.dir.join(STAGED_FILE).exists()
+    }
+
+    /// Last step of changing the passphrase: the staged identity replaces
+    /// the identity file, atomically.
+    pub fn commit_staged(&self) -> Result<(), ProfileError> {
+        private::rename(&self.dir.join(STAGED_FILE), &self.identity_path())?;
+        Ok(())
+    }
+
+    /// Drops a staged identity (the change did not reach the database).
+    pub fn discard_staged(&self) -> Result<(), ProfileError> {
+        match fs::remove_file(self.dir.join(STAGED_FILE)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ProfileError::File(PrivateFileError::Io {
+                path: self.dir.join(STAGED_FILE),
+                source,
+            })),
+        }
     }
 
     /// The Kith ID of the existing identity (`locked` if sealed), or `None`

@@ -27,7 +27,7 @@ use kith_proto::wire::{
     MAX_RECEIPT_IDS, MessageId, Payload, Receipt, ReceiptKind, Timestamp, Typing,
 };
 use kith_proto::{AccountPublicKey, KithId, Nospam, envelope};
-use kith_store::profile::{Identity, Profile};
+use kith_store::profile::{Identity, Profile, ProfileError};
 use kith_store::{KdfParams, Op, Passphrase, Store};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -754,6 +754,13 @@ impl Actor {
             Command::RotateNospam(reply) => {
                 let _ = reply.send(self.rotate_nospam());
             }
+            Command::ChangePassphrase {
+                current,
+                new,
+                reply,
+            } => {
+                let _ = reply.send(self.change_passphrase(current, new));
+            }
             Command::SetName { name, reply } => match self.set_name(name) {
                 Ok(()) => self.reply_after_commit(reply, ()),
                 Err(e) => {
@@ -1317,6 +1324,46 @@ impl Actor {
             messages,
             older: page.older,
         })
+    }
+
+    fn change_passphrase(
+        &mut self,
+        current: Option<Passphrase>,
+        new: Option<Passphrase>,
+    ) -> Result<(), EngineError> {
+        let Some((profile, _)) = &self.profile else {
+            return Err(EngineError::Invalid(
+                "this engine keeps no profile files to lock".into(),
+            ));
+        };
+        let profile = profile.clone();
+        match profile.load_identity(current.as_ref()) {
+            Ok(_) => {}
+            Err(ProfileError::WrongPassphrase { .. } | ProfileError::Locked { .. }) => {
+                return Err(EngineError::Invalid(
+                    "the current passphrase is not right; nothing was changed".into(),
+                ));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        let lock = new.as_ref().map(|p| (p, KdfParams::INTERACTIVE));
+        profile
+            .stage_identity(&self.identity, lock)
+            .map_err(store_error)?;
+        if let Err(e) = self
+            .store
+            .set_passphrase(new.as_ref(), KdfParams::INTERACTIVE)
+        {
+            let _ = profile.discard_staged();
+            return Err(EngineError::Store(format!("{e}; nothing was changed")));
+        }
+        if let Err(e) = profile.commit_staged() {
+            return Err(EngineError::Store(format!(
+                "the database has the new passphrase but the identity file not yet ({e}); unlocking with the new passphrase finishes the change"
+            )));
+        }
+        self.profile = Some((profile, new));
+        Ok(())
     }
 
     fn rotate_nospam(&mut self) -> Result<KithId, EngineError> {

@@ -60,6 +60,8 @@ pub const ADD_ID: &str = "add-id";
 pub const ADD_NOTE: &str = "add-note";
 /// The add-a-friend picture path field.
 pub const ADD_IMAGE: &str = "add-image";
+/// The settings' passphrase fields: current, new, again.
+pub const PASS_FIELDS: [&str; 3] = ["pass-current", "pass-new", "pass-repeat"];
 /// The link-a-device code field.
 pub const LINK_CODE: &str = "link-code";
 /// The link-a-device name field.
@@ -246,6 +248,12 @@ pub enum Message {
     LinkDevice,
 
     // Settings.
+    PassCurrent(String),
+    PassNew(String),
+    PassRepeat(String),
+    ChangePassphrase,
+    /// The passphrase changed (whether the profile is locked now), or not.
+    PassphraseChanged(Result<bool, String>),
     SetTheme(Option<ThemeChoice>),
     BootstrapText(String),
     VolunteerText(String),
@@ -449,6 +457,16 @@ pub struct LinkForm {
 /// The settings form.
 #[derive(Default)]
 pub struct SettingsForm {
+    /// The profile is locked with a passphrase.
+    pub locked: bool,
+    /// The current passphrase typed.
+    pub current: String,
+    /// The new one.
+    pub new: String,
+    /// The new one again.
+    pub repeat: String,
+    /// Changing it.
+    pub changing: bool,
     /// Bootstrap nodes, separated by spaces or commas.
     pub bootstrap: String,
     /// Megabytes to volunteer, empty for none.
@@ -478,6 +496,11 @@ pub enum Toggle {
 impl SettingsForm {
     fn from(settings: &Settings) -> Self {
         Self {
+            locked: false,
+            current: String::new(),
+            new: String::new(),
+            repeat: String::new(),
+            changing: false,
             bootstrap: settings.bootstrap.join(" "),
             volunteer: settings
                 .volunteer_mb
@@ -823,6 +846,11 @@ impl App {
                     _ => None,
                 };
                 let mut main = Main::new(engine, &self.settings);
+                main.settings.locked = self
+                    .profile
+                    .as_ref()
+                    .and_then(|p| p.is_locked().ok())
+                    .unwrap_or(false);
                 main.rename = rename.filter(|name| !name.is_empty());
                 let task = main.refresh_all();
                 let rename = main.set_name();
@@ -1680,6 +1708,59 @@ impl Main {
             Message::RefreshStatus => self.refresh_status(),
             Message::Key(keyboard::Event::KeyPressed { key, modifiers, .. }) => {
                 self.on_key(&key, modifiers)
+            }
+            Message::PassCurrent(text) => {
+                self.settings.current = clip(text);
+                Task::none()
+            }
+            Message::PassNew(text) => {
+                self.settings.new = clip(text);
+                Task::none()
+            }
+            Message::PassRepeat(text) => {
+                self.settings.repeat = clip(text);
+                Task::none()
+            }
+            Message::ChangePassphrase => {
+                let form = &mut self.settings;
+                if form.changing {
+                    return Ok(Task::none());
+                }
+                if form.new != form.repeat {
+                    return Err(Notice::Error("The two new passphrases differ.".into()));
+                }
+                if !form.locked && form.new.is_empty() {
+                    return Err(Notice::Error(
+                        "Type the passphrase to lock Kith with, twice.".into(),
+                    ));
+                }
+                let current = form
+                    .locked
+                    .then(|| Passphrase::new(std::mem::take(&mut form.current)));
+                let new = (!form.new.is_empty()).then(|| Passphrase::new(form.new.clone()));
+                form.new.clear();
+                form.repeat.clear();
+                form.changing = true;
+                let locks = new.is_some();
+                let engine = self.engine.clone();
+                Task::perform(
+                    async move {
+                        engine.change_passphrase(current, new).await.map_err(err)?;
+                        Ok(locks)
+                    },
+                    Message::PassphraseChanged,
+                )
+            }
+            Message::PassphraseChanged(result) => {
+                self.settings.changing = false;
+                let locked = result.map_err(Notice::Error)?;
+                self.settings.locked = locked;
+                self.news = Some(Notice::Info(if locked {
+                    "Passphrase set. Kith asks for it whenever it starts.".into()
+                } else {
+                    "Passphrase removed: Kith opens without one.".into()
+                }));
+                Task::none()
             }
             Message::SetMdns(on) => {
                 self.settings.mdns = on;

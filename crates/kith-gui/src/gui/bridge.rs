@@ -100,20 +100,21 @@ pub enum Boot {
 /// Reads the profile without a passphrase, which is quick (no key
 /// derivation); opens its store when the identity is in the clear.
 pub fn boot(profile: &Profile, options: &NodeOptions) -> Result<Boot, String> {
-    match profile.load_identity(None) {
-        Ok(identity) => {
-            let store = control::open_store(profile, None).map_err(|e| e.to_string())?;
-            Ok(Boot::Ready(Box::new(Opened {
-                profile: profile.clone(),
-                passphrase: None,
-                identity,
-                store,
-                options: options.clone(),
-                display_name: None,
-            })))
-        }
-        Err(ProfileError::Locked { .. }) => Ok(Boot::Locked),
-        Err(ProfileError::NoIdentity { .. }) => Ok(Boot::New),
+    use control::OpenProfileError;
+    match control::open_profile(profile, None) {
+        Ok((identity, store)) => Ok(Boot::Ready(Box::new(Opened {
+            profile: profile.clone(),
+            passphrase: None,
+            identity,
+            store,
+            options: options.clone(),
+            display_name: None,
+        }))),
+        Err(OpenProfileError::Profile(ProfileError::Locked { .. })) => Ok(Boot::Locked),
+        // A passphrase being removed stopped half-way: the old one finishes it.
+        Err(OpenProfileError::Profile(ProfileError::WrongPassphrase { .. })) => Ok(Boot::Locked),
+        Err(OpenProfileError::GiveTheNewPassphrase(_)) => Ok(Boot::Locked),
+        Err(OpenProfileError::Profile(ProfileError::NoIdentity { .. })) => Ok(Boot::New),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -131,10 +132,8 @@ pub async fn unlock(
     options: NodeOptions,
 ) -> Result<Slot<Opened>, String> {
     blocking(move || {
-        let identity = profile
-            .load_identity(Some(&passphrase))
-            .map_err(|e| e.to_string())?;
-        let store = control::open_store(&profile, Some(&passphrase)).map_err(|e| e.to_string())?;
+        let (identity, store) =
+            control::open_profile(&profile, Some(&passphrase)).map_err(|e| e.to_string())?;
         Ok(Slot::new(Opened {
             profile,
             passphrase: Some(passphrase),

@@ -12,8 +12,8 @@ use kith_proto::wire::Timestamp;
 
 use super::app::{
     ADD_ID, ADD_IMAGE, ADD_NOTE, App, COMPOSER, Chat, Confirm, LINK_CODE, LINK_NAME, MESSAGES,
-    Main, Message, Notice, Phase, Picture, SETUP_NAME, SETUP_PASSPHRASE, Screen, Setup, Toggle,
-    UNLOCK, Unlock,
+    Main, Message, Notice, PASS_FIELDS, Phase, Picture, SETUP_NAME, SETUP_PASSPHRASE, Screen,
+    SettingsForm, Setup, Toggle, UNLOCK, Unlock,
 };
 use super::bridge::{Settings, ThemeChoice};
 use super::fonts;
@@ -887,6 +887,60 @@ fn devices(main: &Main) -> Element<'_, Message> {
     )
 }
 
+fn passphrase_form(form: &SettingsForm) -> Element<'_, Message> {
+    let go = (!form.changing).then_some(Message::ChangePassphrase);
+    let mut col = column![
+        text("Passphrase").font(fonts::BOLD),
+        text(if form.locked {
+            "Kith is locked with a passphrase: your identity and messages on this computer open only with it."
+        } else {
+            "Kith opens without a passphrase. One locks your identity and messages on this computer."
+        })
+        .size(13),
+    ]
+    .spacing(8);
+    if form.locked {
+        col = col.push(
+            text_input("Current passphrase", &form.current)
+                .id(PASS_FIELDS[0])
+                .secure(true)
+                .on_input(Message::PassCurrent),
+        );
+    }
+    let label = match (form.changing, form.locked, form.new.is_empty()) {
+        (true, _, _) => "Changing… (a few seconds)",
+        (false, true, true) => "Remove the passphrase",
+        (false, true, false) => "Change the passphrase",
+        (false, false, _) => "Lock with this passphrase",
+    };
+    col.push(
+        text_input(
+            if form.locked {
+                "New passphrase (empty to remove it)"
+            } else {
+                "New passphrase"
+            },
+            &form.new,
+        )
+        .id(PASS_FIELDS[1])
+        .secure(true)
+        .on_input(Message::PassNew),
+    )
+    .push(
+        text_input("New passphrase again", &form.repeat)
+            .id(PASS_FIELDS[2])
+            .secure(true)
+            .on_input(Message::PassRepeat)
+            .on_submit_maybe(go.clone()),
+    )
+    .push(
+        button(text(label))
+            .style(button::secondary)
+            .on_press_maybe(go),
+    )
+    .into()
+}
+
 fn short(peer: &str) -> String {
     let tail: String = peer
         .chars()
@@ -953,6 +1007,8 @@ fn settings_view<'a>(main: &'a Main, settings: &'a Settings) -> Element<'a, Mess
                     (!settings.notifications_off)
                         .then_some(|on| Message::Set(Toggle::NotificationText(on)))
                 ),
+            rule::horizontal(1),
+            passphrase_form(form),
             rule::horizontal(1),
             text("Network").font(fonts::BOLD),
             text("Bootstrap nodes, separated by spaces (addresses as kithd prints them):").size(13),
