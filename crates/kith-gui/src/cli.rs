@@ -315,6 +315,9 @@ pub enum CliError {
 /// Runs one command, writing its output to `out`.
 pub fn run(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     let Some(command) = &cli.command else {
+        if let Some(why) = crate::gui::no_display() {
+            return Err(CliError::Window(why));
+        }
         let options = crate::gui::Options {
             profile: cli.profile.clone(),
             home: None,

@@ -196,3 +196,22 @@ fn a_damaged_identity_file_is_reported_and_left_alone() {
     assert!(!created.status.success());
     assert_eq!(std::fs::read(dir.join("identity.key")).unwrap(), b"garbage");
 }
+
+#[test]
+fn no_command_without_a_graphical_session_says_so_and_writes_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .env("KITH_HOME", home.path())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("WAYLAND_SOCKET")
+        .output()
+        .expect("run kith");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no graphical session here"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(std::fs::read_dir(home.path()).unwrap().next().is_none());
+}

@@ -36,6 +36,23 @@ pub mod fonts {
     ];
 }
 
+/// Why no window can open here, if that is so (a terminal with no
+/// graphical session: the window system would only panic).
+pub fn no_display() -> Option<String> {
+    if !cfg!(all(unix, not(target_os = "macos"))) {
+        return None;
+    }
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("DISPLAY") || set("WAYLAND_DISPLAY") || set("WAYLAND_SOCKET") {
+        return None;
+    }
+    Some(
+        "no graphical session here (neither DISPLAY nor WAYLAND_DISPLAY is set); \
+         start Kith from your desktop, or use the terminal commands (`kith --help`)"
+            .into(),
+    )
+}
+
 /// Opens the window and runs until it is closed.
 pub fn run(options: Options) -> iced::Result {
     let mut application =
