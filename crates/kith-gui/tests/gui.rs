@@ -437,7 +437,10 @@ fn friends_by_pasted_id_accept_and_chat() {
     );
     bob.dispatch(Message::Window(iced::window::Event::Focused));
 
-    // Bob edits his message: the composer takes its text, Enter saves.
+    // Bob edits his message: a click on it shows Edit and Delete; the
+    // composer takes its text, Enter saves.
+    assert!(!bob.sees("Edit"));
+    bob.click("Hello Alice");
     bob.click("Edit");
     assert!(bob.sees("Editing a message. Enter saves, Esc cancels."));
     assert_eq!(
@@ -455,7 +458,20 @@ fn friends_by_pasted_id_accept_and_chat() {
             if main.chat.as_ref().is_some_and(|c| c.messages.iter().any(|m| m.body == "Hello Alice!!" && m.edited)))
     });
     assert!(alice.sees("Hello Alice!!"));
-    assert!(alice.sees("edited"));
+    let edited = alice
+        .main()
+        .chat
+        .as_ref()
+        .unwrap()
+        .messages
+        .iter()
+        .find(|m| m.body == "Hello Alice!!")
+        .unwrap()
+        .sent_at;
+    assert!(alice.sees(&format!(
+        "Bob · {} · edited",
+        kith_gui::gui::view::clock(edited)
+    )));
 
     // And deletes it, after saying yes.
     bob.click("Delete");

@@ -211,6 +211,8 @@ pub enum Message {
 
     // The conversation.
     Compose(text_editor::Action),
+    /// Show Edit and Delete on this message of ours.
+    Select(MessageId),
     Send,
     Edit(MessageId),
     CancelEdit,
@@ -380,6 +382,8 @@ pub struct Main {
     pub typing: HashMap<AccountPublicKey, Instant>,
     /// Something waiting for the user's yes.
     pub confirm: Option<Confirm>,
+    /// Our message whose Edit and Delete are shown.
+    pub selected: Option<MessageId>,
     /// The add-a-friend form.
     pub add: AddForm,
     /// The link-a-device form.
@@ -1207,6 +1211,7 @@ impl Main {
             chat: None,
             typing: HashMap::new(),
             confirm: None,
+            selected: None,
             add: AddForm::default(),
             link: LinkForm::default(),
             settings: SettingsForm::from(settings),
@@ -1572,6 +1577,13 @@ impl Main {
                 Task::none()
             }
             Message::Compose(action) => self.compose(action),
+            Message::Select(id) => {
+                if self.selected != Some(id) {
+                    self.confirm = None;
+                }
+                self.selected = Some(id);
+                Task::none()
+            }
             Message::Send => self.send()?,
             Message::Edit(id) => {
                 let Some(chat) = &mut self.chat else {
@@ -1808,6 +1820,8 @@ impl Main {
             return self.read_open_chat();
         }
         let stop = self.stop_typing();
+        self.selected = None;
+        self.confirm = None;
         self.chat = Some(Chat {
             friend,
             messages: Vec::new(),

@@ -455,6 +455,10 @@ fn composer_keys(press: text_editor::KeyPress) -> Option<text_editor::Binding<Me
     text_editor::Binding::from_key_press(press)
 }
 
+/// One message. Few widgets each, since a long conversation holds many:
+/// author, time and "edited" share a line of text; the state (ours) or
+/// the witness mark (theirs) is one more; Edit and Delete show on the
+/// message the user clicked.
 fn bubble<'a>(
     main: &'a Main,
     friend_name: &'a str,
@@ -462,14 +466,20 @@ fn bubble<'a>(
 ) -> Element<'a, Message> {
     let ours = matches!(message.author, Author::Me);
     let who = if ours { "You" } else { friend_name };
-    let mut meta = row![
-        text(who).size(12).font(fonts::BOLD),
-        text(clock(message.sent_at)).size(12).style(text::secondary),
-    ]
-    .spacing(8);
-    if message.edited && !message.deleted {
-        meta = meta.push(text("edited").size(12).style(text::secondary));
-    }
+    let edited = if message.edited && !message.deleted {
+        " · edited"
+    } else {
+        ""
+    };
+    let meta = text(format!("{who} · {}{edited}", clock(message.sent_at)))
+        .size(12)
+        .style(text::secondary);
+    let body: Element<'a, Message> = if message.deleted {
+        text("message deleted").style(text::secondary).into()
+    } else {
+        text(&message.body).into()
+    };
+    let mut col = column![meta, body].spacing(4);
     if let Some(witness) = &message.witness {
         let (mark, style): (String, fn(&iced::Theme) -> text::Style) = match witness {
             Witness::Witnessed => ("✓ time witnessed".into(), good),
@@ -479,21 +489,15 @@ fn bubble<'a>(
             ),
             Witness::Unwitnessed => ("time not witnessed".into(), text::secondary),
         };
-        meta = meta.push(text(mark).size(12).style(style));
+        col = col.push(text(mark).size(12).style(style));
     }
-    let body: Element<'a, Message> = if message.deleted {
-        text("message deleted").style(text::secondary).into()
-    } else {
-        text(&message.body).into()
-    };
-    let mut col = column![meta, body].spacing(4);
     if ours {
         let mut actions = row![].spacing(8).align_y(Alignment::Center);
         if let Some(state) = &message.state {
             let (line, style) = state_line(state);
             actions = actions.push(text(line).size(12).style(style));
         }
-        if !message.deleted {
+        if !message.deleted && main.selected == Some(message.id) {
             actions = actions.push(space::horizontal());
             let confirming = main.confirm == Some(Confirm::Delete(message.id));
             if confirming {
@@ -521,6 +525,13 @@ fn bubble<'a>(
         } else {
             container::rounded_box
         });
+    let bubble: Element<'a, Message> = if ours && !message.deleted {
+        iced::widget::mouse_area(bubble)
+            .on_press(Message::Select(message.id))
+            .into()
+    } else {
+        bubble.into()
+    };
     let line = if ours {
         row![space::horizontal(), bubble]
     } else {
