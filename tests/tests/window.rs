@@ -1,7 +1,8 @@
 //! The real window: `kith` with no command, under Xvfb, on a profile with a
 //! friend and a conversation. It draws, opens the conversation, runs the
 //! engine (commands in a terminal reach it through the control socket, as
-//! they reach `kith daemon`), and takes in a message sent while it is open.
+//! they reach `kith daemon`), takes in a message sent while it is open, and
+//! stops cleanly on SIGTERM.
 //!
 //! Needs `Xvfb` (`.ci/run` installs it); without it the test says so and
 //! passes without running.
@@ -149,5 +150,19 @@ fn the_window_opens_a_conversation_and_runs_the_engine() -> anyhow::Result<()> {
     if window.child.try_wait()?.is_some() {
         bail!("the window exited");
     }
+
+    // SIGTERM (a logout, `kill`) stops it as the close button does: the
+    // engine shuts down, the control socket goes, the exit is clean.
+    Command::new("kill")
+        .args(["-TERM", &window.child.id().to_string()])
+        .status()?;
+    let status = eventually(WAIT, "the window to stop on SIGTERM", || {
+        Ok(window.child.try_wait()?)
+    })?;
+    ensure!(status.success(), "the window exited with {status}");
+    ensure!(
+        !home.path().join("profiles/alice/kith.sock").exists(),
+        "the control socket was left behind"
+    );
     Ok(())
 }

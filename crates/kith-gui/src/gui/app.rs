@@ -79,7 +79,7 @@ pub struct Options {
     /// Measurement mode for `kith-bench gui` (`KITH_GUI_REPORT=1`): print
     /// JSON lines on standard output when the first frame is drawn, and
     /// after opening the first friend's conversation and scrolling back
-    /// through up to [`REPORT_MESSAGES`] messages; then close.
+    /// through up to [`REPORT_MESSAGES`] messages. The window stays open.
     pub report: Option<Instant>,
 }
 
@@ -272,6 +272,8 @@ pub enum Message {
     Key(keyboard::Event),
     Window(window::Event),
     CloseRequested(window::Id),
+    /// SIGTERM or SIGINT: stop as the close button would.
+    Terminate,
     Closed,
 }
 
@@ -639,6 +641,7 @@ impl App {
     /// What the window listens to besides the user.
     pub fn subscription(&self) -> Subscription<Message> {
         let mut subscriptions = vec![
+            Subscription::run(signals),
             window::close_requests().map(Message::CloseRequested),
             window::events().map(|(_, event)| Message::Window(event)),
             keyboard::listen().map(Message::Key),
@@ -765,6 +768,7 @@ impl App {
             }
             Message::Engine(update) => self.on_engine(update),
             Message::CloseRequested(id) => self.close(id),
+            Message::Terminate => self.terminate(),
             Message::Closed => {
                 self.closed = true;
                 iced::exit()
@@ -832,6 +836,15 @@ impl App {
             Phase::Running(main) => Self::shut_down(main.engine.clone()),
             // An engine is starting: it is stopped as soon as it is ready
             // (or exits at once if it fails).
+            _ if self.session.is_some() => Task::none(),
+            _ => iced::exit(),
+        }
+    }
+
+    fn terminate(&mut self) -> Task<Message> {
+        self.closing = true;
+        match &self.phase {
+            Phase::Running(main) => Self::shut_down(main.engine.clone()),
             _ if self.session.is_some() => Task::none(),
             _ => iced::exit(),
         }
@@ -2028,6 +2041,32 @@ fn read_picture(picture: Picture, path: &str) -> Task<Message> {
         },
         move |result| Message::ImageRead(picture, result),
     )
+}
+
+/// SIGTERM and SIGINT, once, as a message: the engine then stops as it
+/// does when the window is closed (a logout or `kill` loses nothing).
+fn signals() -> impl futures::Stream<Item = Message> {
+    iced::stream::channel(1, async |mut out: futures::channel::mpsc::Sender<Message>| {
+        #[cfg(unix)]
+        {
+            use futures::SinkExt;
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = out.send(Message::Terminate).await;
+        }
+        #[cfg(not(unix))]
+        let _ = &mut out;
+        std::future::pending::<()>().await;
+    })
 }
 
 /// The start of a message, for a notification.
