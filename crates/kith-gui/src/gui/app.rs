@@ -2046,27 +2046,30 @@ fn read_picture(picture: Picture, path: &str) -> Task<Message> {
 /// SIGTERM and SIGINT, once, as a message: the engine then stops as it
 /// does when the window is closed (a logout or `kill` loses nothing).
 fn signals() -> impl futures::Stream<Item = Message> {
-    iced::stream::channel(1, async |mut out: futures::channel::mpsc::Sender<Message>| {
-        #[cfg(unix)]
-        {
-            use futures::SinkExt;
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    iced::stream::channel(
+        1,
+        async |mut out: futures::channel::mpsc::Sender<Message>| {
+            #[cfg(unix)]
+            {
+                use futures::SinkExt;
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                let _ = out.send(Message::Terminate).await;
             }
-            let _ = out.send(Message::Terminate).await;
-        }
-        #[cfg(not(unix))]
-        let _ = &mut out;
-        std::future::pending::<()>().await;
-    })
+            #[cfg(not(unix))]
+            let _ = &mut out;
+            std::future::pending::<()>().await;
+        },
+    )
 }
 
 /// The start of a message, for a notification.
