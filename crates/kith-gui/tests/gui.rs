@@ -419,6 +419,32 @@ fn friends_by_pasted_id_accept_and_chat() {
         .unwrap();
     assert!(bob.sees(&format!("read {}", kith_gui::gui::view::clock(read))));
 
+    // Bob starts typing without sending: Alice sees it in the list and
+    // under the conversation; when he empties the composer, it goes.
+    bob.with_ui(|ui| {
+        ui.click(selector::id(COMPOSER)).expect("the composer");
+        ui.typewrite("Are");
+    });
+    alice.until(
+        "Bob shown typing",
+        |app| matches!(&app.phase, Phase::Running(main) if !main.typing.is_empty()),
+    );
+    assert!(alice.sees("Bob is typing…"));
+    assert!(alice.sees("typing…"));
+    bob.with_ui(|ui| {
+        ui.click(selector::id(COMPOSER)).expect("the composer");
+        ui.tap_key(Named::End);
+        for _ in 0..3 {
+            ui.tap_key(Named::Backspace);
+        }
+    });
+    assert_eq!(bob.main().chat.as_ref().unwrap().composer.text().trim(), "");
+    alice.until(
+        "Bob no longer shown typing",
+        |app| matches!(&app.phase, Phase::Running(main) if main.typing.is_empty()),
+    );
+    assert!(!alice.sees("Bob is typing…"));
+
     // Alice's window had the focus: no desktop notification for her.
     assert_eq!(alice.app.last_notification(), None);
 
