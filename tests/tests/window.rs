@@ -77,6 +77,17 @@ fn next_event(lines: &mpsc::Receiver<String>, event: &str) -> anyhow::Result<Val
     }
 }
 
+/// Waits until `user`'s conversation with bob holds a message `body`.
+fn arrives(user: &User, body: &str) -> anyhow::Result<()> {
+    eventually(WAIT, &format!("{body:?} to arrive"), || {
+        let history = user.json(&["history", "bob"])?;
+        Ok(history
+            .as_array()
+            .filter(|h| h.iter().any(|m| m["body"] == body))
+            .map(|_| ()))
+    })
+}
+
 #[test]
 fn the_window_opens_a_conversation_and_runs_the_engine() -> anyhow::Result<()> {
     if !on_path("Xvfb") {
@@ -98,13 +109,7 @@ fn the_window_opens_a_conversation_and_runs_the_engine() -> anyhow::Result<()> {
     let _bob_daemon = bob.daemon()?;
     befriend(&bob, &alice, &alice_id, "bob", WAIT)?;
     bob.json(&["send", "alice", "before the window"])?;
-    eventually(WAIT, "the first message to arrive", || {
-        let history = alice.json(&["history", "bob"])?;
-        Ok(history
-            .as_array()
-            .filter(|h| h.iter().any(|m| m["body"] == "before the window"))
-            .map(|_| ()))
-    })?;
+    arrives(&alice, "before the window")?;
     alice_daemon.terminate()?;
 
     // Alice opens the window instead of the daemon.
@@ -140,13 +145,7 @@ fn the_window_opens_a_conversation_and_runs_the_engine() -> anyhow::Result<()> {
 
     // A message sent while the window is open reaches it.
     bob.json(&["send", "alice", "while the window is open"])?;
-    eventually(WAIT, "the message to reach the window", || {
-        let history = alice.json(&["history", "bob"])?;
-        Ok(history
-            .as_array()
-            .filter(|h| h.iter().any(|m| m["body"] == "while the window is open"))
-            .map(|_| ()))
-    })?;
+    arrives(&alice, "while the window is open")?;
     if window.child.try_wait()?.is_some() {
         bail!("the window exited");
     }

@@ -229,6 +229,14 @@ pub enum OpenProfileError {
     GiveTheNewPassphrase(String),
 }
 
+/// Whether the identity staged by a change of passphrase is sealed.
+fn staged_is_locked(profile: &Profile) -> bool {
+    matches!(
+        profile.load_staged(None),
+        Err(kith_store::profile::ProfileError::Locked { .. })
+    )
+}
+
 /// Opens the profile's identity and database with `passphrase`,
 /// finishing a change of passphrase that stopped half-way
 /// ([`Profile::stage_identity`]): whichever passphrase opens the database
@@ -245,9 +253,7 @@ pub fn open_profile(
                 // database is (a passphrase set or removed), and opened by
                 // the passphrase that opened it.
                 let locked = store.is_locked();
-                let staged_locked =
-                    matches!(profile.load_staged(None), Err(ProfileError::Locked { .. }));
-                if staged_locked == locked
+                if staged_is_locked(profile) == locked
                     && profile.is_locked()? != locked
                     && let Ok(Some(staged)) = profile.load_staged(passphrase)
                 {
@@ -275,9 +281,7 @@ pub fn open_profile(
                 return Err(e.into());
             };
             let store = open_store(profile, passphrase).map_err(|_| e)?;
-            let staged_locked =
-                matches!(profile.load_staged(None), Err(ProfileError::Locked { .. }));
-            if staged_locked != store.is_locked() {
+            if staged_is_locked(profile) != store.is_locked() {
                 return Err(OpenProfileError::Store(ControlError::Start(
                     "the identity file and the database disagree about the passphrase".into(),
                 )));

@@ -220,12 +220,19 @@ pub(crate) fn commit(
         Ok::<_, CliError>(())
     })();
     if written.is_err() {
-        let _ = std::fs::remove_dir_all(profile.dir().join("db"));
-        if !had_folder {
-            let _ = std::fs::remove_dir(profile.dir());
-        }
+        undo_new_profile(profile, had_folder);
     }
     written
+}
+
+/// After a failed first write of a profile: removes its database, and its
+/// folder if this run made it (and nothing else is in it), so the profile
+/// can be created or linked afresh.
+pub(crate) fn undo_new_profile(profile: &Profile, had_folder: bool) {
+    let _ = std::fs::remove_dir_all(profile.dir().join("db"));
+    if !had_folder {
+        let _ = std::fs::remove_dir(profile.dir());
+    }
 }
 
 #[cfg(test)]

@@ -820,9 +820,15 @@ impl App {
     }
 
     fn close(&mut self, id: window::Id) -> Task<Message> {
+        // A second close request closes at once.
         if self.closing {
             return window::close(id);
         }
+        self.terminate()
+    }
+
+    /// Stops as the close button does (also on SIGTERM and SIGINT).
+    fn terminate(&mut self) -> Task<Message> {
         self.closing = true;
         if let Phase::Setup(setup) = &mut self.phase
             && let Some(join) = &mut setup.join
@@ -836,15 +842,6 @@ impl App {
             Phase::Running(main) => Self::shut_down(main.engine.clone()),
             // An engine is starting: it is stopped as soon as it is ready
             // (or exits at once if it fails).
-            _ if self.session.is_some() => Task::none(),
-            _ => iced::exit(),
-        }
-    }
-
-    fn terminate(&mut self) -> Task<Message> {
-        self.closing = true;
-        match &self.phase {
-            Phase::Running(main) => Self::shut_down(main.engine.clone()),
             _ if self.session.is_some() => Task::none(),
             _ => iced::exit(),
         }
@@ -1345,8 +1342,11 @@ impl Main {
         if self.screen != Screen::Chats || self.friend(&chat.friend).is_none_or(|f| f.unread == 0) {
             return Task::none();
         }
+        self.mark_read(chat.friend)
+    }
+
+    fn mark_read(&self, friend: AccountPublicKey) -> Task<Message> {
         let engine = self.engine.clone();
-        let friend = chat.friend;
         Task::perform(
             async move { engine.mark_read(friend).await.map(|_| ()).map_err(err) },
             Message::Read,
@@ -1385,11 +1385,7 @@ impl Main {
                     tasks.push(self.reload_chat());
                 }
                 if read {
-                    let engine = self.engine.clone();
-                    tasks.push(Task::perform(
-                        async move { engine.mark_read(friend).await.map(|_| ()).map_err(err) },
-                        Message::Read,
-                    ));
+                    tasks.push(self.mark_read(friend));
                 }
                 Task::batch(tasks)
             }

@@ -174,10 +174,7 @@ pub async fn create(
         let store = match written {
             Ok(store) => store,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(profile.dir().join("db"));
-                if !had_folder {
-                    let _ = std::fs::remove_dir_all(profile.dir());
-                }
+                crate::device::undo_new_profile(&profile, had_folder);
                 return Err(e);
             }
         };
