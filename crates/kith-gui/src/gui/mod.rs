@@ -36,6 +36,29 @@ pub mod fonts {
     ];
 }
 
+/// The application ID: the base name of the `.desktop` file, the AppStream
+/// and Flatpak ID, and the window's Wayland app ID and X11 class, which is
+/// how a desktop matches the window to its launcher and icon.
+pub const APP_ID: &str = "io.github.kith_chat.Kith";
+
+/// The window icon: `assets/icons/kith.svg` rendered at 128 px.
+const ICON_PNG: &[u8] = include_bytes!("../../../../assets/icons/hicolor/128x128/apps/kith.png");
+
+/// Decodes [`ICON_PNG`]. It is built in, so this fails only if the file
+/// committed there is broken; the window then opens without an icon.
+fn icon() -> Option<iced::window::Icon> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(ICON_PNG));
+    decoder.set_transformations(png::Transformations::ALPHA | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().ok()?;
+    let mut rgba = vec![0; reader.output_buffer_size()?];
+    let frame = reader.next_frame(&mut rgba).ok()?;
+    if frame.color_type != png::ColorType::Rgba || frame.bit_depth != png::BitDepth::Eight {
+        return None;
+    }
+    rgba.truncate(frame.buffer_size());
+    iced::window::icon::from_rgba(rgba, frame.width, frame.height).ok()
+}
+
 /// Why no window can open here, if that is so (a terminal with no
 /// graphical session: the window system would only panic).
 pub fn no_display() -> Option<String> {
@@ -61,10 +84,34 @@ pub fn run(options: Options) -> iced::Result {
             .theme(App::theme)
             .subscription(App::subscription)
             .default_font(fonts::REGULAR)
-            .window_size((1100.0, 720.0))
+            .window(window_settings())
             .exit_on_close_request(false);
     for file in fonts::FILES {
         application = application.font(file);
     }
     application.run()
+}
+
+fn window_settings() -> iced::window::Settings {
+    iced::window::Settings {
+        size: iced::Size::new(1100.0, 720.0),
+        icon: icon(),
+        #[cfg(target_os = "linux")]
+        platform_specific: iced::window::settings::PlatformSpecific {
+            application_id: APP_ID.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_built_in_icon_decodes() {
+        let icon = super::icon().expect("assets/icons/hicolor/128x128/apps/kith.png decodes");
+        let (rgba, size) = icon.into_raw();
+        assert_eq!((size.width, size.height), (128, 128));
+        assert_eq!(rgba.len(), 128 * 128 * 4);
+    }
 }
