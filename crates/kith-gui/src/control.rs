@@ -4,8 +4,9 @@
 //! A profile's store can be open in one process at a time, so while
 //! `kith daemon` runs it owns the profile and listens on a Unix socket,
 //! `<profile>/kith.sock` (in the profile's 0700 folder: only the user can
-//! connect). Every other `kith` command first tries that socket; with no
-//! daemon running it starts the engine itself, does its work, waits a
+//! connect); on Windows on a named pipe that only local clients can reach
+//! ([`transport`]). Every other `kith` command first tries that socket;
+//! with no daemon running it starts the engine itself, does its work, waits a
 //! little for the network where that helps (a message to be delivered, a
 //! request to be placed), and stops. Anything queued stays in the durable
 //! outbox and goes out the next time the profile runs.
@@ -39,9 +40,12 @@ use kith_store::profile::Profile;
 use kith_store::{Passphrase, SledBackend, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::broadcast;
+
+pub mod transport;
+
+pub use transport::Listener;
 
 /// Longest request line the daemon reads.
 const MAX_LINE: usize = 64 * 1024;
@@ -190,9 +194,10 @@ pub struct NodeOptions {
     pub volunteer_mb: Option<u64>,
 }
 
-/// The control socket of a profile.
+/// The control socket of a profile: `<profile>/kith.sock` on Unix, the
+/// profile's named pipe (`\\.\pipe\kith-…`) on Windows.
 pub fn socket_path(profile: &Profile) -> PathBuf {
-    profile.dir().join("kith.sock")
+    transport::address(profile)
 }
 
 /// The passphrase from `KITH_PASSPHRASE`, if set.
@@ -639,26 +644,15 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
 
 /// Binds the control socket (replacing one left by a daemon that died),
 /// so that it exists before the daemon says it is running.
-pub async fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
-    // A socket left by a daemon that died: nobody answers on it.
-    if socket.exists() {
-        if UnixStream::connect(socket).await.is_ok() {
-            return Err(ControlError::Start(
-                "a kith daemon is already running for this profile".into(),
-            ));
-        }
-        let _ = std::fs::remove_file(socket);
-    }
-    UnixListener::bind(socket)
-        .map_err(|e| ControlError::Start(format!("{}: {e}", socket.display())))
+pub async fn bind(socket: &Path) -> Result<Listener, ControlError> {
+    transport::bind(socket).await
 }
 
 /// Serves the control socket bound by [`bind`] until `shutdown` resolves.
 pub async fn serve(
     engine: Engine,
     mut events: impl futures::Stream<Item = Event> + Unpin,
-    listener: UnixListener,
-    socket: &Path,
+    mut listener: Listener,
     mut out: impl FnMut(&Event),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ControlError> {
@@ -676,7 +670,7 @@ pub async fn serve(
                 None => break,
             },
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok(stream) = accepted else { continue };
                 let Ok(permit) = clients.clone().try_acquire_owned() else { continue };
                 let engine = engine.clone();
                 let events = event_tx.subscribe();
@@ -687,7 +681,7 @@ pub async fn serve(
             }
         }
     }
-    let _ = std::fs::remove_file(socket);
+    listener.close();
     let _ = engine.shutdown().await;
     Ok(())
 }
@@ -696,7 +690,7 @@ pub async fn serve(
 /// end of the stream. A partial line stays in `buf`, so a cancelled call
 /// loses nothing. An over-long line is an error (the connection closes).
 async fn read_request_line(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    reader: &mut BufReader<impl AsyncRead + Unpin>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<String>> {
     loop {
@@ -717,10 +711,10 @@ async fn read_request_line(
 
 async fn serve_client(
     engine: &Engine,
-    stream: UnixStream,
+    stream: transport::Accepted,
     mut events: broadcast::Receiver<Value>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
     loop {
@@ -790,15 +784,15 @@ use tokio::io::AsyncReadExt as _;
 
 /// A connection to a running daemon.
 pub struct DaemonClient {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    write: tokio::net::unix::OwnedWriteHalf,
+    lines: tokio::io::Lines<BufReader<ReadHalf<transport::Connected>>>,
+    write: WriteHalf<transport::Connected>,
 }
 
 impl DaemonClient {
     /// Connects to the profile's daemon, if one runs.
     pub async fn connect(profile: &Profile) -> Option<Self> {
-        let stream = UnixStream::connect(socket_path(profile)).await.ok()?;
-        let (read, write) = stream.into_split();
+        let stream = transport::connect(&socket_path(profile)).await?;
+        let (read, write) = tokio::io::split(stream);
         Some(Self {
             lines: BufReader::new(read).lines(),
             write,

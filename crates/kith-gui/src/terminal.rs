@@ -533,23 +533,30 @@ async fn daemon(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     let json = cli.json;
     let mut stdout = std::io::stdout();
     let shutdown = async {
+        // SIGTERM too on Unix; Ctrl-C everywhere.
+        #[cfg(unix)]
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        #[cfg(unix)]
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminated = std::future::pending::<()>();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match term.as_mut() {
-                    Some(t) => { t.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
+            _ = terminated => {}
         }
     };
     control::serve(
         engine,
         events,
         listener,
-        &socket,
         move |event| {
             let value = control::event_json(event);
             let line = if json {

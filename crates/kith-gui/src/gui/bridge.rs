@@ -283,7 +283,7 @@ pub fn engine_updates(session: &Session) -> impl Stream<Item = Update> + use<> {
         }
         let socket = control::socket_path(&profile);
         match control::bind(&socket).await {
-            Ok(listener) => serve_and_forward(engine, events, listener, &socket, &mut out).await,
+            Ok(listener) => serve_and_forward(engine, events, listener, &mut out).await,
             Err(e) => {
                 let _ = out.send(Update::NoControl(e.to_string())).await;
                 while let Some(event) = events.next().await {
@@ -300,8 +300,7 @@ pub fn engine_updates(session: &Session) -> impl Stream<Item = Update> + use<> {
 async fn serve_and_forward(
     engine: Engine,
     events: impl Stream<Item = Event> + Unpin,
-    listener: tokio::net::UnixListener,
-    socket: &Path,
+    listener: control::Listener,
     out: &mut Sender<Update>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
@@ -311,7 +310,6 @@ async fn serve_and_forward(
         engine,
         events,
         listener,
-        socket,
         move |event| {
             if tx.try_send(event.clone()).is_err() {
                 dropped.store(true, Ordering::Relaxed);
