@@ -940,11 +940,15 @@ impl App {
             // The desktop may have no notification service (a server, a
             // bare X session): nothing to tell the user then.
             let _ = tokio::task::spawn_blocking(move || {
-                notify_rust::Notification::new()
-                    .appname("Kith")
-                    .summary(&name)
-                    .body(&body)
-                    .show()
+                let mut notification = notify_rust::Notification::new();
+                notification.appname("Kith").summary(&name).body(&body);
+                // The desktop file's name lets the notification service show
+                // Kith's icon and group its notifications with the window.
+                #[cfg(all(unix, not(target_os = "macos")))]
+                notification
+                    .icon(super::APP_ID)
+                    .hint(notify_rust::Hint::DesktopEntry(super::APP_ID.into()));
+                notification.show()
             })
             .await;
         })

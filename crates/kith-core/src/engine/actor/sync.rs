@@ -107,8 +107,11 @@ pub(crate) fn stored_list(
 /// The name this device gives itself in a new list: the host's name if
 /// it has a usable one.
 pub(crate) fn default_device_name() -> String {
+    // Linux keeps the host name in /etc/hostname; Windows puts the
+    // computer's name in COMPUTERNAME.
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty() && h.len() <= 64 && !h.chars().any(char::is_control));
     host.unwrap_or_else(|| "this device".into())
