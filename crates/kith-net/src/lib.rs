@@ -95,6 +95,25 @@ pub enum StartError {
     },
 }
 
+/// `error` and its causes as one line, each cause once: some errors print
+/// nothing themselves and leave everything to their causes, others repeat
+/// their cause in their own message.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Builds a node from `config`. Spawn the returned [`EventLoop`]'s
 /// [`EventLoop::run`] on a Tokio runtime; use the [`Client`] to drive it and
 /// read the event stream to follow it. Pass a registry to export metrics.
@@ -126,7 +145,9 @@ pub fn new(
             .listen_on(addr.clone())
             .map_err(|e| StartError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                // libp2p's transport error prints nothing of its own for
+                // most failures; the reason is in its causes.
+                reason: describe(&e),
             })?;
         pending.insert(id);
     }

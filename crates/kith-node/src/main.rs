@@ -101,7 +101,8 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("kithd: {error:#}");
+            let error: &dyn std::error::Error = error.as_ref();
+            eprintln!("kithd: {}", kith_net::describe(error));
             ExitCode::FAILURE
         }
     }

@@ -329,3 +329,46 @@ async fn a_node_with_no_mailbox_takes_no_mail() {
     let text = tokio::task::block_in_place(|| scrape(&kithd.metrics));
     assert!(!text.contains("kithd_mailbox_items"), "{text}");
 }
+
+/// Runs kithd with `args` on a fresh data folder; it must fail. Its error
+/// message.
+fn refused(args: &[&str]) -> String {
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_kithd"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(args)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| line.starts_with("kithd: "))
+        .collect()
+}
+
+#[test]
+fn a_taken_port_is_named_with_its_reason_once() {
+    // A QUIC port in use: libp2p's error says nothing itself, its cause does.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let quic = format!(
+        "/ip4/127.0.0.1/udp/{}/quic-v1",
+        udp.local_addr().expect("addr").port()
+    );
+    let message = refused(&["--listen", &quic, "--no-metrics"]);
+    assert!(
+        message.contains(&format!("cannot listen on {quic}: ")),
+        "{message}"
+    );
+    assert_eq!(message.matches("in use").count(), 1, "{message}");
+
+    // The metrics port in use: the cause appears once, not twice.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let metrics = tcp.local_addr().expect("addr").to_string();
+    let message = refused(&["--listen", "/ip4/127.0.0.1/tcp/0", "--metrics", &metrics]);
+    assert!(
+        message.contains(&format!("metrics endpoint {metrics}: ")),
+        "{message}"
+    );
+    assert_eq!(message.matches("in use").count(), 1, "{message}");
+}
