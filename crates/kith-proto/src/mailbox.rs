@@ -1486,6 +1486,11 @@ impl DepositRefusal {
         let (refusal, rest) = postcard::take_from_bytes::<Self>(r.rest)
             .map_err(|_| DecodeError::Malformed("not a known refusal"))?;
         Reader { rest }.finish()?;
+        // Postcard also reads over-long varints (`80 00` for 0); as for
+        // every mailbox value, only the one canonical encoding is taken.
+        if refusal.encode() != bytes {
+            return Err(DecodeError::Malformed("non-canonical varint"));
+        }
         Ok(refusal)
     }
 }

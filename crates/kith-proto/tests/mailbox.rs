@@ -227,6 +227,32 @@ fn refusals_v1() {
     }
 }
 
+/// Found by the `mailbox_values` fuzz target: refusals are read with
+/// postcard, which takes over-long varints, so `TooLarge { max: 7740 }`
+/// with its field in three bytes instead of two decoded, and re-encoded
+/// to other bytes than it came in.
+#[test]
+fn refusals_with_over_long_varints_are_refused() {
+    let non_canonical = DecodeError::Malformed("non-canonical varint");
+    assert_eq!(
+        DepositRefusal::decode(&[0x01, 0x00, 0xbc, 0xbc, 0x00]),
+        Err(non_canonical.clone())
+    );
+    // The variant index too: `Expired` (2) as `82 00`.
+    assert_eq!(
+        DepositRefusal::decode(&[0x01, 0x82, 0x00]),
+        Err(non_canonical)
+    );
+    assert_eq!(
+        DepositRefusal::decode(&[0x01, 0x00, 0xbc, 0x3c]),
+        Ok(DepositRefusal::TooLarge { max: 7740 })
+    );
+    assert_eq!(
+        DepositRefusal::decode(&[0x01, 0x02]),
+        Ok(DepositRefusal::Expired)
+    );
+}
+
 // ---- items ----
 
 #[test]
