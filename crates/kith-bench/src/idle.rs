@@ -4,8 +4,11 @@
 //! One `kithd` on 127.0.0.1 and `--nodes` `kith-core` engines in this
 //! process (sled stores in a temporary folder, TCP on 127.0.0.1, every
 //! other setting a desktop client's default: relay reservation `Auto`,
-//! request drop polled every minute, mail fetched every five), made friends
-//! in pairs through the node's request drop. Then nothing is sent: each
+//! request drop polled and mail fetched every 30 minutes), made friends in
+//! pairs through the node's request drop. Making friends checks for
+//! requests, after which an engine expects more and polls every minute
+//! for `--expecting` seconds (60 here, 15 minutes in the engine), so the
+//! window sees a device whose user last looked a while ago. Then nothing is sent: each
 //! client has one friend online and nothing to say. After `--warmup`
 //! seconds, for `--secs` seconds:
 //!
@@ -26,10 +29,11 @@
 //!
 //! The per-node figures divide the clients' totals by `--nodes` and scale
 //! to a minute; `kithd`'s are reported on their own. Timers slower than
-//! the window (mail fetched every 5 min, presence republished every hour,
-//! the Kademlia refresh every 30 min) land in it or not depending on when
-//! it starts, and the engines started together, so they fire together: a
-//! window of `--secs 300` or more includes one mail fetch per client.
+//! the window (request poll and mail fetch every 30 min, presence
+//! republished every hour, the Kademlia refresh every 2 h) land in it or
+//! not depending on when it starts, and the engines started together, so
+//! they fire together: a window of `--secs 1800` includes one request
+//! poll and one mail fetch per client.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -265,8 +269,13 @@ pub struct IdleParams {
     /// default).
     pub request_poll: Option<Duration>,
     /// Interval of each engine's mail fetch (`None`: the engine's
-    /// default). The engine also fetches whenever it polls for requests.
+    /// default).
     pub mail_fetch: Option<Duration>,
+    /// How long requests stay expected after a look
+    /// (`engine::Config::expecting_requests_for`): making friends looks,
+    /// so this must end within the warm-up for the window to see a device
+    /// whose user is not expecting a request.
+    pub expecting: Duration,
     /// The clients' `kith-net` timers (default: `kith-net`'s defaults).
     pub timers: Timers,
 }
@@ -317,6 +326,7 @@ fn start_engine(
     if let Some(every) = params.mail_fetch {
         config.mailbox.fetch_every = every;
     }
+    config.expecting_requests_for = params.expecting;
     let (engine, events) = engine::start(config)?;
     Ok((engine, Box::pin(events)))
 }

@@ -115,14 +115,22 @@ enum Scenario {
         /// have closed.
         #[arg(long, default_value_t = 150)]
         warmup: u64,
-        /// Seconds between polls of each client's request drop (default:
-        /// the engine's, 60 s), to see what the polls cost.
+        /// Seconds between polls of each client's request drop when no
+        /// request is expected (default: the engine's, 30 min), to see what
+        /// the polls cost.
         #[arg(long, value_name = "SECS")]
         request_poll: Option<u64>,
         /// Seconds between fetches of each client's mail (default: the
-        /// engine's, 300 s; it also fetches at every request poll).
+        /// engine's, 30 min).
         #[arg(long, value_name = "SECS")]
         mail_fetch: Option<u64>,
+        /// Seconds a request stays expected after the user looks (the
+        /// engine's default is 15 min; making friends is such a look, so
+        /// the default here ends it within the warm-up and the window sees
+        /// the state a device reaches 15 minutes after its user last
+        /// looked).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        expecting: u64,
         /// Sets one of the clients' kith-net timers (a field of
         /// `kith_net::Timers`, such as `kad_replication=60`), to bring a
         /// slow timer into the window; repeatable.
@@ -325,6 +333,7 @@ fn main() -> anyhow::Result<()> {
             warmup,
             request_poll,
             mail_fetch,
+            expecting,
             net_timer,
             kithd,
         } => {
@@ -346,6 +355,7 @@ fn main() -> anyhow::Result<()> {
                 secs,
                 request_poll: request_poll.map(Duration::from_secs),
                 mail_fetch: mail_fetch.map(Duration::from_secs),
+                expecting: Duration::from_secs(expecting),
                 timers,
             };
             let result = runtime.block_on(idle::run(&binary, &params))?;

@@ -63,8 +63,18 @@ pub struct Config {
     pub net: kith_net::Config,
     /// The name shown to new friends, when none is stored yet.
     pub display_name: String,
-    /// How often to look for new friend requests.
+    /// How often to look for new friend requests when none is expected
+    /// (`docs/requests.md`, "Polling"). Each look is a DHT query that
+    /// every node near the drop answers, so this dominates an idle
+    /// device's traffic.
     pub request_poll: Duration,
+    /// How often to look while a request is expected: for
+    /// `expecting_requests_for` after [`Engine::expect_requests`] or
+    /// [`Engine::check_requests`] (the user is showing their ID, or just
+    /// looked).
+    pub request_poll_expecting: Duration,
+    /// How long a request stays expected.
+    pub expecting_requests_for: Duration,
     /// How long an unsent message is retried before it fails.
     pub message_ttl: Duration,
     /// First retry delay after a failed delivery; doubles up to
@@ -96,9 +106,17 @@ pub struct MailboxSettings {
     pub pow_difficulty: u8,
     /// How long volunteers keep an item.
     pub item_ttl: Duration,
-    /// How often to fetch our own mail (also once on joining the network
-    /// and whenever friend requests are checked).
+    /// How often to fetch our own mail while online (also once on joining
+    /// the network and whenever the user checks for friend requests).
+    /// Friends who see us online deliver directly, so this only catches
+    /// mail left while they could not reach us.
     pub fetch_every: Duration,
+    /// How long the volunteers that served a fetch are asked again directly,
+    /// without a DHT query for the closest peers to our mailbox address
+    /// (most of a fetch's traffic). A fetch where one of them fails, the
+    /// first on joining the network, and any the user asks for look them up
+    /// afresh.
+    pub find_volunteers_every: Duration,
     /// How often items held by fewer than `replicas` volunteers are offered
     /// to more.
     pub top_up_every: Duration,
@@ -110,7 +128,8 @@ impl Default for MailboxSettings {
             replicas: kith_proto::mailbox::DEFAULT_REPLICAS,
             pow_difficulty: kith_proto::mailbox::DEFAULT_POW_DIFFICULTY,
             item_ttl: Duration::from_secs(kith_proto::mailbox::DEFAULT_ITEM_TTL_SECS),
-            fetch_every: Duration::from_secs(300),
+            fetch_every: Duration::from_secs(30 * 60),
+            find_volunteers_every: Duration::from_secs(2 * 3600),
             top_up_every: Duration::from_secs(120),
         }
     }
@@ -125,7 +144,9 @@ impl Config {
             profile: None,
             net,
             display_name: "Kith user".into(),
-            request_poll: Duration::from_secs(60),
+            request_poll: Duration::from_secs(30 * 60),
+            request_poll_expecting: Duration::from_secs(60),
+            expecting_requests_for: Duration::from_secs(15 * 60),
             message_ttl: Duration::from_secs(30 * 24 * 3600),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
@@ -365,6 +386,7 @@ enum Command {
     },
     Requests(Reply<(Vec<RequestInfo>, Vec<OutgoingInfo>)>),
     CheckRequests(Reply<usize>),
+    ExpectRequests(Reply<()>),
     Accept {
         account: AccountPublicKey,
         reply: Reply<FriendInfo>,
@@ -499,9 +521,20 @@ impl Engine {
         self.ask(Command::Requests).await
     }
 
-    /// Looks for new friend requests now; returns how many arrived.
+    /// Looks for new friend requests and mail now; returns how many
+    /// requests arrived. Requests then count as expected for a while
+    /// (see [`Engine::expect_requests`]).
     pub async fn check_requests(&self) -> Result<usize, EngineError> {
         self.ask(Command::CheckRequests).await
+    }
+
+    /// The user is showing their ID (the QR code, the add-friend screen,
+    /// `kith id show`): for [`Config::expecting_requests_for`], look for
+    /// new requests every [`Config::request_poll_expecting`] instead of
+    /// every [`Config::request_poll`], so a friend who scans the code sees
+    /// their request reach us within about a minute.
+    pub async fn expect_requests(&self) -> Result<(), EngineError> {
+        self.ask(Command::ExpectRequests).await
     }
 
     /// Accepts the waiting request from `account`.

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Device, befriend, eventually, start_nodes, wait_for};
-use kith_core::engine::{Event, MessageState};
+use kith_core::engine::{Engine, Event, MessageState};
 use kith_core::history::Author;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,4 +276,97 @@ async fn edits_and_deletions_queued_with_their_messages_apply_on_arrival() {
     assert!(page.messages[0].edited);
     assert!(page.messages[1].deleted);
     assert_eq!(page.messages[1].body, "");
+}
+
+/// Requests are looked for rarely unless one is expected: after
+/// `expect_requests` (the user showing their ID) the drop is read often,
+/// and when that time is over, rarely again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arrive_unasked_only_while_one_is_expected() {
+    let (_nodes, bootstrap) = start_nodes(3).await;
+    let (alice, _alice_events) = Device::new("alice").start(&bootstrap);
+    let (carol, _carol_events) = Device::new("carol").start(&bootstrap);
+    let (bob, mut bob_events) = Device::new("bob").start_adjusted(&bootstrap, |config| {
+        config.request_poll = Duration::from_secs(3600);
+        config.request_poll_expecting = Duration::from_millis(300);
+        config.expecting_requests_for = Duration::from_secs(4);
+        config.mailbox.fetch_every = Duration::from_secs(3600);
+    });
+    let bob_id = bob.status().await.unwrap().id;
+    // Bob's first read, on joining, is over well before anyone asks.
+    eventually(|| async { (bob.status().await.unwrap().connected > 0).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let placed = |engine: &Engine| {
+        let engine = engine.clone();
+        async move {
+            let out = engine.requests().await.unwrap().1;
+            (!out.is_empty() && out.iter().all(|o| o.dropped)).then_some(())
+        }
+    };
+    eventually(|| async { alice.add(bob_id, "from alice".into()).await.ok() }).await;
+    eventually(|| placed(&alice)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        bob.requests().await.unwrap().0.is_empty(),
+        "with nothing expected the drop is not read every few seconds"
+    );
+
+    bob.expect_requests().await.unwrap();
+    let from = wait_for(&mut bob_events, |e| match e {
+        Event::Request(request) => Some(request.account),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, alice.account());
+
+    // The expecting time (4 s) ends; Carol's request then waits.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually(|| async { carol.add(bob_id, "from carol".into()).await.ok() }).await;
+    eventually(|| placed(&carol)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = bob.requests().await.unwrap().0;
+    assert_eq!(
+        waiting.len(),
+        1,
+        "only Alice's request was read: {waiting:?}"
+    );
+
+    // A check by hand reads it at once.
+    assert_eq!(bob.check_requests().await.unwrap(), 1);
+    assert_eq!(bob.requests().await.unwrap().0.len(), 2);
+}
+
+/// Friends who have nothing to say stay connected, and shown online, past
+/// the network's idle timeout; when one stops, the other sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_friends_stay_online() {
+    let (_nodes, bootstrap) = start_nodes(3).await;
+    let short_idle = |config: &mut kith_core::engine::Config| {
+        config.net.timers.idle_connection_timeout = Duration::from_secs(1);
+    };
+    let (alice, mut alice_events) = Device::new("alice").start_adjusted(&bootstrap, short_idle);
+    let (bob, _bob_events) = Device::new("bob").start_adjusted(&bootstrap, short_idle);
+    befriend(&alice, &mut alice_events, &bob).await;
+    let online = |engine: &Engine, friend| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .friends()
+                .await
+                .unwrap()
+                .iter()
+                .any(|f| f.account == friend && f.online)
+        }
+    };
+    eventually(|| async { online(&alice, bob.account()).await.then_some(()) }).await;
+    eventually(|| async { online(&bob, alice.account()).await.then_some(()) }).await;
+
+    // Five idle timeouts later, still connected.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(online(&alice, bob.account()).await, "Alice sees Bob online");
+    assert!(online(&bob, alice.account()).await, "Bob sees Alice online");
+
+    bob.shutdown().await.unwrap();
+    eventually(|| async { (!online(&alice, bob.account()).await).then_some(()) }).await;
 }

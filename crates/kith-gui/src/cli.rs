@@ -492,6 +492,7 @@ fn run_id(cli: &Cli, command: &IdCommand, out: &mut impl Write) -> Result<(), Cl
                     writeln!(out, "{}", id.to_uri())?;
                 }
             }
+            crate::terminal::expect_requests(&profile);
         }
         IdCommand::Check { id, image } => {
             let parsed = match (id, image) {

@@ -60,6 +60,9 @@ const MAX_CLIENTS: usize = 64;
 pub enum Request {
     /// The engine's state.
     Status,
+    /// The user is showing their ID: look for friend requests often for a
+    /// while (`Engine::expect_requests`).
+    ExpectRequests,
     /// Send a friend request.
     Add {
         /// Their ID.
@@ -527,6 +530,10 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
                     "items": u.items, "bytes": u.bytes, "mailboxes": u.mailboxes,
                 })),
             })
+        }
+        Request::ExpectRequests => {
+            engine.expect_requests().await?;
+            json!({"expecting": true})
         }
         Request::Add { id, message } => {
             let id = KithId::parse(id)

@@ -102,6 +102,25 @@ pub fn rotate(cli: &Cli) -> Result<String, CliError> {
     })
 }
 
+/// Tells the profile's daemon, if one runs, that the user is showing their
+/// ID (`kith id show`), so it looks for friend requests every minute for a
+/// while. Without a daemon nothing is polling, and nothing is started.
+pub fn expect_requests(profile: &Profile) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let call = async {
+            let mut client = DaemonClient::connect(profile).await?;
+            client.call(&Request::ExpectRequests).await.ok()
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), call).await;
+    });
+}
+
 /// Runs a messenger command.
 pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(), CliError> {
     if let Command::Daemon { .. } = command {

@@ -54,6 +54,7 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) messages: Toggle<request_response::Behaviour<Codec>>,
     pub(crate) mailbox: request_response::Behaviour<Codec>,
+    pub(crate) keep_alive: crate::keep_alive::Behaviour,
 }
 
 /// Why a swarm could not be built.
@@ -202,6 +203,7 @@ fn behaviour(
         mdns: mdns.into(),
         messages: messages.into(),
         mailbox,
+        keep_alive: crate::keep_alive::Behaviour::default(),
     })
 }
 

@@ -168,6 +168,7 @@ pub(crate) enum Command {
         key: Vec<u8>,
         reply: Reply<Vec<Peer>>,
     },
+    KeepConnected(Vec<PeerId>),
 }
 
 /// A handle on a running node. Cheap to clone; the node stops when the last
@@ -371,6 +372,19 @@ impl Client {
     /// network yet).
     pub async fn closest_peers(&self, key: Vec<u8>) -> Result<Vec<Peer>, NetError> {
         self.ask(|reply| Command::Closest { key, reply }).await
+    }
+
+    /// Keeps connections to `peers` open while idle (replacing the last
+    /// set; at most [`crate::MAX_KEPT_PEERS`]): the engine's friends'
+    /// devices and its account's other devices, so that a connected
+    /// friend stays connected, and shown online, between messages. Opens
+    /// nothing by itself; a connection stays open only while the other
+    /// side keeps it too (`docs/network.md`, "Kept connections").
+    pub async fn keep_connected(&self, peers: Vec<PeerId>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::KeepConnected(peers))
+            .await
+            .map_err(|_| NetError::Stopped)
     }
 
     /// Every (key, value) this node stores in its DHT record store. For

@@ -47,6 +47,7 @@ mod behaviour;
 mod client;
 mod config;
 mod event_loop;
+mod keep_alive;
 mod message;
 mod metrics;
 
@@ -62,6 +63,7 @@ pub use config::{
     Config, ConnectionLimits, RelayLimits, RelayReservation, Role, Timers, TransportKind,
 };
 pub use event_loop::{Event, EventLoop, sort_by_distance};
+pub use keep_alive::MAX_KEPT_PEERS;
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use message::{

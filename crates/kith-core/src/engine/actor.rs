@@ -16,7 +16,7 @@ mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{FutureExt, Stream, StreamExt};
 use kith_net::{InboundRequest, Multiaddr, NetError, PeerId};
@@ -52,6 +52,9 @@ use crate::session::{DeviceSecrets, PairSession, Prekeys};
 const TURN_BUDGET: usize = 256;
 /// How often due retries are looked at.
 const TICK: Duration = Duration::from_millis(200);
+/// The set of kept connections is brought up to date at the next tick
+/// after a device is added or removed, and at least this often.
+const KEEP_CHECK: Duration = Duration::from_secs(30);
 /// Sessions kept per friend device (newest first).
 const MAX_SESSIONS: usize = 4;
 /// Lifetime of a request-drop entry.
@@ -161,10 +164,18 @@ pub(super) struct Actor {
     outbox_len: usize,
     display_name: String,
     request_poll: Duration,
+    request_poll_expecting: Duration,
+    expecting_requests_for: Duration,
+    /// Requests are expected (polled for often) until then.
+    expecting_until: Option<Instant>,
     message_ttl: Duration,
     retry_min: Duration,
     retry_max: Duration,
     next_poll: Instant,
+    /// When the last poll started by the wall clock, which, unlike
+    /// `Instant`, runs on while the computer sleeps: a poll is due at once
+    /// after a long suspend.
+    last_poll_wall: SystemTime,
     staged: Vec<Op>,
     turn_failed: bool,
     greeted: bool,
@@ -203,6 +214,23 @@ pub(super) struct Actor {
     mail_fetch_deferred: bool,
     mail_fetch_retries: u32,
     next_mail_fetch: Instant,
+    last_mail_fetch_wall: SystemTime,
+    /// The peers whose connections the network keeps open (friends'
+    /// devices and our other devices), as last handed to it.
+    kept_peers: HashSet<PeerId>,
+    next_keep_check: Instant,
+    /// A friend's or sibling device was added or removed since.
+    keep_dirty: bool,
+    /// The last hand-over, while it is under way (updates stay in order).
+    keep_task: Option<tokio::task::JoinHandle<()>>,
+    /// The volunteers that served the last fetch that looked them up, and
+    /// when it did.
+    mail_volunteers: Vec<kith_net::Peer>,
+    mail_volunteers_found: Option<Instant>,
+    /// The fetch under way asked remembered volunteers only.
+    mail_fetch_remembered: bool,
+    /// The next fetch looks the volunteers up (the user asked).
+    mail_fetch_thorough: bool,
     /// The account's op log and its merged state (`sync.rs`).
     replica: kith_sync::Replica,
     /// The account's newest verified device list.
@@ -256,6 +284,8 @@ impl Actor {
             mut net,
             display_name,
             request_poll,
+            request_poll_expecting,
+            expecting_requests_for,
             message_ttl,
             retry_min,
             retry_max,
@@ -326,10 +356,14 @@ impl Actor {
             outbox_len: 0,
             display_name,
             request_poll,
+            request_poll_expecting,
+            expecting_requests_for,
+            expecting_until: None,
             message_ttl,
             retry_min,
             retry_max,
             next_poll: Instant::now(),
+            last_poll_wall: SystemTime::UNIX_EPOCH,
             staged: Vec::new(),
             turn_failed: false,
             greeted: false,
@@ -363,6 +397,15 @@ impl Actor {
             mail_fetch_deferred: false,
             mail_fetch_retries: 0,
             next_mail_fetch: Instant::now(),
+            last_mail_fetch_wall: SystemTime::UNIX_EPOCH,
+            kept_peers: HashSet::new(),
+            next_keep_check: Instant::now(),
+            keep_dirty: false,
+            keep_task: None,
+            mail_volunteers: Vec::new(),
+            mail_volunteers_found: None,
+            mail_fetch_remembered: false,
+            mail_fetch_thorough: false,
             replica,
             device_list: None,
             siblings: HashMap::new(),
@@ -453,6 +496,7 @@ impl Actor {
                 continue;
             }
             devices.push(peer);
+            self.keep_dirty = true;
             self.devices.insert(
                 peer,
                 Device {
@@ -671,7 +715,14 @@ impl Actor {
             }
             Command::CheckRequests(reply) => {
                 self.poll_waiters.push(reply);
+                self.expect_requests();
                 self.start_poll();
+                self.mail_fetch_thorough = true;
+                self.start_mail_fetch(Duration::ZERO);
+            }
+            Command::ExpectRequests(reply) => {
+                self.expect_requests();
+                let _ = reply.send(Ok(()));
             }
             Command::Accept { account, reply } => match self.accept(&account) {
                 Ok(info) => self.reply_after_commit(reply, info),
@@ -1986,18 +2037,41 @@ impl Actor {
 
     // ----- outbound -----
 
+    /// How long until the next poll of the request drop.
+    fn poll_interval(&self, now: Instant) -> Duration {
+        match self.expecting_until {
+            Some(until) if now < until => self.request_poll_expecting.min(self.request_poll),
+            _ => self.request_poll,
+        }
+    }
+
+    /// Starts (or extends) the time when requests are expected, and brings
+    /// the next poll forward to fit it.
+    fn expect_requests(&mut self) {
+        let now = Instant::now();
+        self.expecting_until = Some(now + self.expecting_requests_for);
+        self.next_poll = self.next_poll.min(now + self.poll_interval(now));
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
-        if now >= self.next_poll {
-            self.next_poll = now + self.request_poll;
+        let interval = self.poll_interval(now);
+        if now >= self.next_poll || overdue(self.last_poll_wall, interval) {
+            self.next_poll = now + interval;
+            self.last_poll_wall = SystemTime::now();
             self.start_poll();
             self.renew_drops();
         }
-        if now >= self.next_mail_fetch {
-            self.next_mail_fetch = now + self.mailbox.fetch_every;
+        if now >= self.next_mail_fetch
+            || overdue(self.last_mail_fetch_wall, self.mailbox.fetch_every)
+        {
             self.start_mail_fetch(Duration::ZERO);
         }
         self.start_due_deposits(now);
+        if self.keep_dirty || now >= self.next_keep_check {
+            self.next_keep_check = now + KEEP_CHECK;
+            self.keep_connected();
+        }
         if now >= self.next_top_up {
             self.next_top_up = now + self.mailbox.top_up_every;
             self.start_top_up();
@@ -2493,8 +2567,34 @@ impl Actor {
         }
     }
 
+    /// Hands the network the peers to keep connected when they changed:
+    /// every known device of every friend and the account's other devices.
+    /// A friend who stays connected is shown online and reached without a
+    /// lookup; `docs/network.md`, "Kept connections".
+    fn keep_connected(&mut self) {
+        let wanted: HashSet<PeerId> = self
+            .devices
+            .keys()
+            .chain(self.siblings.keys())
+            .copied()
+            .collect();
+        if self.keep_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.keep_dirty = false;
+        if wanted == self.kept_peers {
+            return;
+        }
+        self.kept_peers = wanted;
+        let peers: Vec<PeerId> = self.kept_peers.iter().copied().collect();
+        let net = self.net.clone();
+        self.keep_task = Some(tokio::spawn(async move {
+            let _ = net.keep_connected(peers).await;
+        }));
+    }
+
+    /// Reads the request drop (mail is fetched on its own timer).
     fn start_poll(&mut self) {
-        self.start_mail_fetch(Duration::ZERO);
         if self.polling {
             return;
         }
@@ -2702,6 +2802,14 @@ impl Actor {
         }
         let _ = self.apply(ops);
     }
+}
+
+/// Whether more than `interval` has passed on the wall clock since `last`
+/// (false if the clock went back).
+fn overdue(last: SystemTime, interval: Duration) -> bool {
+    SystemTime::now()
+        .duration_since(last)
+        .is_ok_and(|since| since >= interval)
 }
 
 /// Finds `wanted` among `candidates` by exact name, then by a prefix of a

@@ -1293,6 +1293,16 @@ impl Main {
         )
     }
 
+    /// The user is showing their ID or adding a friend: a request may be
+    /// on its way, so the engine looks for one every minute for a while.
+    fn expect_requests(&self) -> Task<Message> {
+        let engine = self.engine.clone();
+        Task::future(async move {
+            let _ = engine.expect_requests().await;
+        })
+        .discard()
+    }
+
     fn refresh_devices(&self) -> Task<Message> {
         let engine = self.engine.clone();
         Task::perform(
@@ -1562,9 +1572,10 @@ impl Main {
                 match screen {
                     Screen::Requests => self.refresh_requests(),
                     Screen::Devices => self.refresh_devices(),
-                    Screen::MyId => self.refresh_status(),
+                    Screen::MyId => Task::batch([self.refresh_status(), self.expect_requests()]),
+                    Screen::AddFriend => self.expect_requests(),
                     Screen::Chats => self.read_open_chat(),
-                    _ => Task::none(),
+                    Screen::Settings => Task::none(),
                 }
             }
             Message::Open(friend) => self.open(friend),

@@ -170,6 +170,7 @@ impl Actor {
         let mut ops = Vec::new();
         for peer in dropped {
             self.devices.remove(&peer);
+            self.keep_dirty = true;
             ops.push(records::delete(SESSIONS, peer.to_bytes()));
         }
         for peer in listed {
@@ -182,6 +183,7 @@ impl Actor {
                 }
                 continue;
             }
+            self.keep_dirty = true;
             self.devices.insert(
                 peer,
                 Device {

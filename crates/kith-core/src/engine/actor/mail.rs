@@ -601,16 +601,46 @@ impl Actor {
             return;
         }
         self.mail_fetching = true;
-        self.next_mail_fetch = Instant::now() + self.mailbox.fetch_every;
+        let now = Instant::now();
+        self.next_mail_fetch = now + self.mailbox.fetch_every;
+        self.last_mail_fetch_wall = std::time::SystemTime::now();
         let account = std::sync::Arc::clone(&self.account_key);
         let ask = self.mailbox.replicas.saturating_mul(2).max(1);
         let net = self.net.clone();
         let done = self.done_tx.clone();
+        let thorough = std::mem::take(&mut self.mail_fetch_thorough);
+        let remembered = self
+            .mail_volunteers_found
+            .filter(|found| !thorough && now < *found + self.mailbox.find_volunteers_every)
+            .map(|_| self.mail_volunteers.clone())
+            .filter(|volunteers| !volunteers.is_empty());
+        self.mail_fetch_remembered = remembered.is_some();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let result = user::fetch(&net, &account, ask).await;
+            let result = match remembered {
+                Some(volunteers) => {
+                    let ask = volunteers.len();
+                    Ok(user::fetch_from(&net, &account, volunteers, ask).await)
+                }
+                None => user::fetch(&net, &account, ask).await,
+            };
             let _ = done.send(Done::MailFetched(result)).await;
         });
+    }
+
+    /// Remembers the volunteers that served a fetch which looked them up;
+    /// forgets them when one of them failed a fetch that asked them
+    /// directly, so the next fetch looks again.
+    fn remember_volunteers(&mut self, outcome: &FetchOutcome) {
+        if !std::mem::take(&mut self.mail_fetch_remembered) {
+            self.mail_volunteers = outcome.volunteers.clone();
+            self.mail_volunteers_found = Some(Instant::now());
+        } else if !outcome.failures.is_empty()
+            || outcome.volunteers.len() < self.mail_volunteers.len()
+        {
+            self.mail_volunteers.clear();
+            self.mail_volunteers_found = None;
+        }
     }
 
     pub(super) fn on_mail_fetched(&mut self, result: Result<FetchOutcome, NetError>) {
@@ -618,6 +648,7 @@ impl Actor {
         let outcome = match result {
             Ok(outcome) => {
                 self.mail_fetch_retries = 0;
+                self.remember_volunteers(&outcome);
                 outcome
             }
             Err(_) if self.mail_fetch_retries < FETCH_RETRIES => {

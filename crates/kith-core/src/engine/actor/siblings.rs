@@ -76,6 +76,7 @@ impl Actor {
             .collect();
         for peer in gone {
             self.siblings.remove(&peer);
+            self.keep_dirty = true;
             self.stage(vec![records::delete(SIBLINGS, peer.to_bytes())]);
         }
         for peer in listed {
@@ -89,6 +90,7 @@ impl Actor {
                 .ok()
                 .flatten()
                 .and_then(|bytes| VersionVector::decode(&bytes).ok());
+            self.keep_dirty = true;
             self.siblings.insert(
                 peer,
                 Sibling {

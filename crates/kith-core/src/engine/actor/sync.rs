@@ -597,6 +597,7 @@ impl Actor {
         if let Some(friend) = self.friends.remove(&account.to_bytes()) {
             for peer in friend.devices {
                 self.devices.remove(&peer);
+                self.keep_dirty = true;
             }
         }
         self.with_items.remove(&account.to_bytes());
