@@ -47,7 +47,7 @@ use libp2p::kad::store::RecordStore;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, relay};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping, relay};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -582,6 +582,9 @@ impl EventLoop {
             }
             Command::DropRequest { key, entry, reply } => self.drop_request(key, entry, reply),
             Command::FetchRequests { key, reply } => self.fetch_requests(key, reply),
+            Command::KeepConnected(peers) => {
+                self.swarm.behaviour_mut().keep_alive.set_kept(peers);
+            }
             Command::StoredValues(reply) => {
                 let values = self
                     .swarm
@@ -1068,6 +1071,12 @@ impl EventLoop {
                 if let Some(m) = &self.metrics {
                     m.record_ping(&event);
                 }
+                // libp2p leaves a connection whose peer stopped answering
+                // open; a kept one would then never close, and a friend
+                // who vanished (lid shut, network gone) would stay online.
+                if let Err(ping::Failure::Timeout | ping::Failure::Other { .. }) = &event.result {
+                    self.swarm.close_connection(event.connection);
+                }
             }
             BehaviourEvent::Mdns(event) => match event {
                 mdns::Event::Discovered(found) => {
@@ -1131,6 +1140,7 @@ impl EventLoop {
             }
             BehaviourEvent::Messages(event) => self.on_request_event(Channel::Message, event),
             BehaviourEvent::Mailbox(event) => self.on_request_event(Channel::Mailbox, event),
+            BehaviourEvent::KeepAlive(never) => match never {},
             BehaviourEvent::AutonatServer(_) | BehaviourEvent::Limits(_) => {}
         }
     }
