@@ -190,6 +190,9 @@ pub struct EventLoop {
     dropped_events: u64,
     role: Role,
     has_configured_external: bool,
+    /// Whether loopback and link-local addresses are announced (nodes) and
+    /// published in presence (clients): only when asked to listen on one.
+    announce_local: bool,
     timers: Timers,
     relay_reservation: RelayReservation,
     metrics: Option<NetMetrics>,
@@ -264,6 +267,25 @@ fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// A loopback or link-local address: reachable from this machine or
+/// link only, so useless to announce to the network. A listener on
+/// `0.0.0.0` or `::` reports one such address per interface.
+fn is_local(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback() || ip.is_link_local(),
+        Protocol::Ip6(ip) => ip.is_loopback() || ip.is_unicast_link_local(),
+        _ => false,
+    })
+}
+
+/// Whether a node with no configured external address announces the
+/// listen address `addr`: every address of its listeners except loopback
+/// and link-local ones, unless it was asked to listen on such an address
+/// (a node on `127.0.0.1` for tests announces that).
+fn announces(announce_local: bool, addr: &Multiaddr) -> bool {
+    !is_circuit(addr) && (announce_local || !is_local(addr))
+}
+
 fn is_unspecified(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_unspecified(),
@@ -315,6 +337,7 @@ impl EventLoop {
             dropped_events: 0,
             role: config.role,
             has_configured_external: !config.external.is_empty(),
+            announce_local: config.listen.iter().any(is_local),
             relay_reservation: config.relay_reservation,
             timers,
             metrics,
@@ -704,7 +727,7 @@ impl EventLoop {
         let direct = self
             .swarm
             .listeners()
-            .filter(|a| !is_circuit(a) && !is_unspecified(a));
+            .filter(|a| !is_unspecified(a) && announces(self.announce_local, a));
         let mut out: Vec<Vec<u8>> = Vec::new();
         for addr in external.chain(circuits).chain(direct) {
             let bytes = addr.to_vec();
@@ -827,7 +850,9 @@ impl EventLoop {
                 // A node with no configured external address announces what
                 // it listens on; the relay server only serves once the node
                 // has a confirmed external address.
-                if self.role == Role::Node && !self.has_configured_external && !is_circuit(&address)
+                if self.role == Role::Node
+                    && !self.has_configured_external
+                    && announces(self.announce_local, &address)
                 {
                     self.swarm.add_external_address(address.clone());
                 }
@@ -896,6 +921,8 @@ impl EventLoop {
                     }
                 }
                 if num_established == 0 {
+                    self.requests.forget_inbound(&peer_id);
+                    self.mailbox_requests.forget_inbound(&peer_id);
                     self.relay_capable.remove(&peer_id);
                     if self.relays.contains_key(&peer_id) {
                         self.relays.remove(&peer_id);
@@ -978,7 +1005,50 @@ impl EventLoop {
                 self.schedule_publish_soon();
             }
         }
+        if relayed {
+            tracing::debug!(%peer, "connected through a relay circuit");
+        } else if self
+            .connections
+            .get(&peer)
+            .is_some_and(|conns| conns.values().any(|r| *r))
+        {
+            tracing::info!(%peer, "direct connection alongside a relayed one");
+        }
+        self.close_superseded_relays(peer);
         self.emit(Event::Connected { peer, relayed });
+    }
+
+    /// Closes our relayed connections to `peer` once a direct one is up
+    /// and no request to or from it is under way on any connection.
+    ///
+    /// libp2p's request-response spreads requests over every connection to
+    /// a peer, so a relayed connection left open after a hole punch (or
+    /// beside any other direct connection) carries half of the chat
+    /// through the relay, and when the relay stops forwarding without
+    /// closing the circuit, half of the messages wait out the request
+    /// timeout before they are retried. Waiting until nothing is in flight
+    /// keeps the close from failing a request that is on its way.
+    fn close_superseded_relays(&mut self, peer: PeerId) {
+        let Some(conns) = self.connections.get(&peer) else {
+            return;
+        };
+        if !conns.values().any(|relayed| !relayed)
+            || !conns.values().any(|relayed| *relayed)
+            || self.requests.busy_with(&peer)
+            || self.mailbox_requests.busy_with(&peer)
+        {
+            return;
+        }
+        let relayed: Vec<ConnectionId> = conns
+            .iter()
+            .filter(|(_, relayed)| **relayed)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in relayed {
+            if self.swarm.close_connection(id) {
+                tracing::debug!(%peer, "closing the relayed connection: a direct one is up");
+            }
+        }
     }
 
     /// After a direct public address went away: back to Kademlia client
@@ -1109,19 +1179,26 @@ impl EventLoop {
                 if let Some(m) = &self.metrics {
                     m.record_relay(&event);
                 }
+                log_relay_server(&event);
             }
             BehaviourEvent::Dcutr(event) => {
                 if let Some(m) = &self.metrics {
                     m.record_dcutr(&event);
                 }
                 match event.result {
-                    Ok(_) => self.emit(Event::HolePunched {
-                        peer: event.remote_peer_id,
-                    }),
-                    Err(e) => self.emit(Event::HolePunchFailed {
-                        peer: event.remote_peer_id,
-                        error: e.to_string(),
-                    }),
+                    Ok(_) => {
+                        tracing::info!(peer = %event.remote_peer_id, "hole punch succeeded");
+                        self.emit(Event::HolePunched {
+                            peer: event.remote_peer_id,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %event.remote_peer_id, "hole punch failed: {e}");
+                        self.emit(Event::HolePunchFailed {
+                            peer: event.remote_peer_id,
+                            error: e.to_string(),
+                        })
+                    }
                 }
             }
             BehaviourEvent::AutonatClient(event) => {
@@ -1355,9 +1432,94 @@ impl EventLoop {
     }
 }
 
+/// Circuits a relay server opens, refuses and closes, at debug under the
+/// target `kith_net::relay` (`KITHD_LOG=info,kith_net::relay=debug`): one
+/// line each, with both peers, so the time a relayed connection started
+/// and ended can be read off the node's log (`scripts/nat-test` does).
+fn log_relay_server(event: &relay::Event) {
+    match event {
+        relay::Event::CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => tracing::debug!(
+            target: "kith_net::relay",
+            src = %src_peer_id,
+            dst = %dst_peer_id,
+            "relay circuit opened"
+        ),
+        relay::Event::CircuitReqDenied {
+            src_peer_id,
+            dst_peer_id,
+            status,
+        } => tracing::debug!(
+            target: "kith_net::relay",
+            src = %src_peer_id,
+            dst = %dst_peer_id,
+            ?status,
+            "relay circuit refused"
+        ),
+        relay::Event::CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            error,
+        } => tracing::debug!(
+            target: "kith_net::relay",
+            src = %src_peer_id,
+            dst = %dst_peer_id,
+            error = ?error.as_ref().map(ToString::to_string),
+            "relay circuit closed"
+        ),
+        _ => {}
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> Multiaddr {
+        text.parse().expect("valid multiaddr")
+    }
+
+    #[test]
+    fn a_node_listening_everywhere_announces_neither_loopback_nor_link_local() {
+        let listen = [
+            addr("/ip4/0.0.0.0/tcp/4747"),
+            addr("/ip6/::/udp/4747/quic-v1"),
+        ];
+        let local = listen.iter().any(is_local);
+        assert!(!local);
+        for a in [
+            "/ip4/127.0.0.1/tcp/4747",
+            "/ip4/169.254.3.4/tcp/4747",
+            "/ip6/::1/udp/4747/quic-v1",
+            "/ip6/fe80::1/udp/4747/quic-v1",
+        ] {
+            assert!(!announces(local, &addr(a)), "{a} announced");
+        }
+        for a in [
+            "/ip4/203.0.113.7/tcp/4747",
+            "/ip4/10.77.0.1/tcp/4747",
+            "/ip6/2001:db8::7/udp/4747/quic-v1",
+        ] {
+            assert!(announces(local, &addr(a)), "{a} not announced");
+        }
+    }
+
+    #[test]
+    fn a_node_asked_to_listen_on_loopback_announces_it() {
+        let local = [addr("/ip4/127.0.0.1/tcp/0")].iter().any(is_local);
+        assert!(announces(local, &addr("/ip4/127.0.0.1/tcp/41234")));
+        let circuit = addr(
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDqjomZbXtZ8SWutouVmEpR6csVzK9Tf36EW6rE5ecxo6/p2p-circuit",
+        );
+        assert!(!announces(local, &circuit));
     }
 }

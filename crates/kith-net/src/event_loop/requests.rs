@@ -59,6 +59,9 @@ pub(super) struct Requests {
     /// failed request can say why.
     pub(super) dial_errors: HashMap<PeerId, String>,
     responders: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
+    /// Inbound requests per peer not yet answered on the wire (answered,
+    /// dropped or failed): a relayed connection is not closed under them.
+    answering: HashMap<PeerId, usize>,
     /// Resolves with the answer to an inbound request, or `None` when its
     /// responder was dropped or timed out.
     pub(super) responses: FuturesUnordered<ResponseWait>,
@@ -76,7 +79,28 @@ impl Requests {
             queued_count: 0,
             dial_errors: HashMap::new(),
             responders: HashMap::new(),
+            answering: HashMap::new(),
             responses: FuturesUnordered::new(),
+        }
+    }
+
+    /// Whether a request to or from `peer` is still under way.
+    pub(super) fn busy_with(&self, peer: &PeerId) -> bool {
+        self.in_flight.contains_key(peer) || self.answering.contains_key(peer)
+    }
+
+    /// Forgets the inbound requests of a peer we are no longer connected
+    /// to (their failures may never be reported).
+    pub(super) fn forget_inbound(&mut self, peer: &PeerId) {
+        self.answering.remove(peer);
+    }
+
+    fn inbound_done(&mut self, peer: &PeerId) {
+        if let Some(count) = self.answering.get_mut(peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.answering.remove(peer);
+            }
         }
     }
 
@@ -183,6 +207,7 @@ impl EventLoop {
             requests.queued_count = requests.queued_count.saturating_sub(1);
             self.send_request(channel, peer, next);
         }
+        self.close_superseded_relays(peer);
     }
 
     fn outbound_error(
@@ -262,7 +287,9 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                self.requests_of(channel).responders.remove(&request_id);
+                let requests = self.requests_of(channel);
+                requests.responders.remove(&request_id);
+                requests.inbound_done(&peer);
                 let reason = match &error {
                     InboundFailure::Io(e) if frame_too_large(e).is_some() => Some("too_large"),
                     InboundFailure::Timeout => Some("timeout"),
@@ -272,8 +299,12 @@ impl EventLoop {
                 if let (Some(reason), Some(m)) = (reason, &self.metrics) {
                     m.record_request_dropped(reason);
                 }
+                self.close_superseded_relays(peer);
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { peer, .. } => {
+                self.requests_of(channel).inbound_done(&peer);
+                self.close_superseded_relays(peer);
+            }
         }
     }
 
@@ -288,6 +319,9 @@ impl EventLoop {
         // Counted by waiting futures, not channels: a future outlives its
         // channel when the connection closes first, until it times out.
         let requests = self.requests_of(channel);
+        // Every inbound request ends in `ResponseSent` or `InboundFailure`
+        // (dropped ones with `ResponseOmission`).
+        *requests.answering.entry(peer).or_default() += 1;
         if requests.responses.len() >= requests.max_inbound {
             tracing::debug!(%peer, "inbound request dropped: too many waiting for an answer");
             if let Some(m) = &self.metrics {
