@@ -55,9 +55,26 @@ fn config(limits: Limits) -> VolunteerConfig {
     }
 }
 
+/// The mailbox store under `dir`. Just after a volunteer is dropped, sled's
+/// background flusher may still hold the file lock for a moment: retried
+/// for up to 5 s.
+fn backend(dir: &Path) -> Arc<SledBackend> {
+    let mut tries = 0;
+    loop {
+        match SledBackend::open(&dir.join("mailbox")) {
+            Ok(backend) => return Arc::new(backend),
+            Err(e) if tries < 50 => {
+                tries += 1;
+                eprintln!("store busy ({e}), retrying");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("could not open the mailbox store: {e}"),
+        }
+    }
+}
+
 fn open(dir: &Path, key: &DeviceKeypair, config: VolunteerConfig) -> Volunteer {
-    let backend = Arc::new(SledBackend::open(&dir.join("mailbox")).unwrap());
-    Volunteer::open(backend, key.clone(), config).unwrap()
+    Volunteer::open(backend(dir), key.clone(), config).unwrap()
 }
 
 struct Node {
@@ -851,8 +868,13 @@ fn expired_items_are_not_served_and_the_sweep_deletes_them() {
 
     // Opening later sweeps the rest.
     drop(n.volunteer);
-    let backend = Arc::new(SledBackend::open(&n.dir.path().join("mailbox")).unwrap());
-    let v = Volunteer::open_at(backend, n.key.clone(), config(limits()), now + DAY).unwrap();
+    let v = Volunteer::open_at(
+        backend(n.dir.path()),
+        n.key.clone(),
+        config(limits()),
+        now + DAY,
+    )
+    .unwrap();
     assert_eq!(v.usage(), Usage::default());
 }
 
