@@ -69,6 +69,10 @@ const LOOKUP_RECORDS: usize = 3;
 /// Below this many routing-table peers, Kademlia bootstrap is repeated with
 /// growing delays instead of waiting for the periodic refresh.
 const SMALL_ROUTING_TABLE: usize = 10;
+/// How long after answering a peer its relayed connections stay, though a
+/// direct connection is up and nothing is under way: the answer may still
+/// be on its way through the relay.
+const RELAY_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The relay hop protocol a node offers circuits with.
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
@@ -218,6 +222,10 @@ pub struct EventLoop {
     relays: HashMap<PeerId, ListenerId>,
     relay_capable: HashSet<PeerId>,
     relay_retry: Option<Instant>,
+    /// Peers whose relayed connections close at the given time if a
+    /// direct connection is still up and nothing is under way then
+    /// ([`EventLoop::relays_superseded`]).
+    relay_close: HashMap<PeerId, Instant>,
     relay_backoff: Backoff,
     pending_listeners: HashSet<ListenerId>,
     listeners: HashSet<ListenerId>,
@@ -362,6 +370,7 @@ impl EventLoop {
             relays: HashMap::new(),
             relay_capable: HashSet::new(),
             relay_retry: None,
+            relay_close: HashMap::new(),
             relay_backoff: Backoff::new(reconnect_min, reconnect_max),
             listeners: pending_listeners.clone(),
             pending_listeners,
@@ -428,6 +437,7 @@ impl EventLoop {
             .chain(lan)
             .chain(self.next_kad_bootstrap)
             .chain(self.relay_retry)
+            .chain(self.relay_close.values().copied())
             .min()
     }
 
@@ -464,6 +474,15 @@ impl EventLoop {
         if self.relay_retry.is_some_and(|t| t <= now) {
             self.relay_retry = None;
             self.retry_relays();
+        }
+        let closing: Vec<PeerId> = self
+            .relay_close
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in closing {
+            self.relays_superseded(peer);
         }
         self.redial_lan_peers(now);
         if self.next_kad_bootstrap.is_some_and(|t| t <= now) {
@@ -921,6 +940,7 @@ impl EventLoop {
                     }
                 }
                 if num_established == 0 {
+                    self.relay_close.remove(&peer_id);
                     self.requests.forget_inbound(&peer_id);
                     self.mailbox_requests.forget_inbound(&peer_id);
                     self.relay_capable.remove(&peer_id);
@@ -1014,12 +1034,22 @@ impl EventLoop {
         {
             tracing::info!(%peer, "direct connection alongside a relayed one");
         }
-        self.close_superseded_relays(peer);
+        self.relays_superseded(peer);
         self.emit(Event::Connected { peer, relayed });
     }
 
-    /// Closes our relayed connections to `peer` once a direct one is up
-    /// and no request to or from it is under way on any connection.
+    /// Whether our relayed connections to `peer` can go: a direct one is
+    /// up beside them and no request to or from the peer is under way.
+    fn relays_closable(&self, peer: &PeerId) -> bool {
+        self.connections.get(peer).is_some_and(|conns| {
+            conns.values().any(|relayed| !relayed) && conns.values().any(|relayed| *relayed)
+        }) && !self.requests.busy_with(peer)
+            && !self.mailbox_requests.busy_with(peer)
+    }
+
+    /// Closes our relayed connections to `peer` when a direct one is up
+    /// beside them and no request to or from the peer is under way; called
+    /// when a connection comes up, when a request ends, and on the timer.
     ///
     /// libp2p's request-response spreads requests over every connection to
     /// a peer, so a relayed connection left open after a hole punch (or
@@ -1027,18 +1057,27 @@ impl EventLoop {
     /// through the relay, and when the relay stops forwarding without
     /// closing the circuit, half of the messages wait out the request
     /// timeout before they are retried. Waiting until nothing is in flight
-    /// keeps the close from failing a request that is on its way.
-    fn close_superseded_relays(&mut self, peer: PeerId) {
+    /// keeps the close from failing a request on its way. An answer we
+    /// sent counts as sent once written, not once it arrived, so after
+    /// answering the peer the close waits [`RELAY_CLOSE_GRACE`].
+    pub(super) fn relays_superseded(&mut self, peer: PeerId) {
+        self.relay_close.remove(&peer);
+        if !self.relays_closable(&peer) {
+            return;
+        }
+        let answered = [&self.requests, &self.mailbox_requests]
+            .iter()
+            .filter_map(|r| r.last_answer(&peer))
+            .max();
+        if let Some(at) = answered.map(|t| t + RELAY_CLOSE_GRACE)
+            && at > Instant::now()
+        {
+            self.relay_close.insert(peer, at);
+            return;
+        }
         let Some(conns) = self.connections.get(&peer) else {
             return;
         };
-        if !conns.values().any(|relayed| !relayed)
-            || !conns.values().any(|relayed| *relayed)
-            || self.requests.busy_with(&peer)
-            || self.mailbox_requests.busy_with(&peer)
-        {
-            return;
-        }
         let relayed: Vec<ConnectionId> = conns
             .iter()
             .filter(|(_, relayed)| **relayed)

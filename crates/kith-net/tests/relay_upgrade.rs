@@ -1,7 +1,7 @@
 //! A relayed connection gives way to a direct one. Two clients that met
 //! through a relay circuit and then connect directly (as DCUtR's hole
 //! punch does) close the relayed connection, so their requests stop
-//! crossing the relay; but not while a request is still under way on it.
+//! crossing the relay; but not while a request is still under way.
 //! On the memory transport, with the relay's own metrics telling when the
 //! circuit closes. `scripts/nat-test` shows the same through real NATs.
 
@@ -98,7 +98,7 @@ async fn a_relayed_connection_is_closed_once_a_direct_one_is_up_and_nothing_is_i
     within(Duration::from_secs(10), alice.client.dial(bob.p2p_addr()))
         .await
         .expect("direct dial");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         relay.events("CircuitClosed"),
         0.0,

@@ -20,6 +20,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -62,6 +64,9 @@ pub(super) struct Requests {
     /// Inbound requests per peer not yet answered on the wire (answered,
     /// dropped or failed): a relayed connection is not closed under them.
     answering: HashMap<PeerId, usize>,
+    /// When we last finished writing an answer to each peer (only while
+    /// connected to it).
+    answered: HashMap<PeerId, Instant>,
     /// Resolves with the answer to an inbound request, or `None` when its
     /// responder was dropped or timed out.
     pub(super) responses: FuturesUnordered<ResponseWait>,
@@ -80,6 +85,7 @@ impl Requests {
             dial_errors: HashMap::new(),
             responders: HashMap::new(),
             answering: HashMap::new(),
+            answered: HashMap::new(),
             responses: FuturesUnordered::new(),
         }
     }
@@ -93,6 +99,12 @@ impl Requests {
     /// to (their failures may never be reported).
     pub(super) fn forget_inbound(&mut self, peer: &PeerId) {
         self.answering.remove(peer);
+        self.answered.remove(peer);
+    }
+
+    /// When we last finished writing an answer to `peer`.
+    pub(super) fn last_answer(&self, peer: &PeerId) -> Option<Instant> {
+        self.answered.get(peer).copied()
     }
 
     fn inbound_done(&mut self, peer: &PeerId) {
@@ -207,7 +219,7 @@ impl EventLoop {
             requests.queued_count = requests.queued_count.saturating_sub(1);
             self.send_request(channel, peer, next);
         }
-        self.close_superseded_relays(peer);
+        self.relays_superseded(peer);
     }
 
     fn outbound_error(
@@ -299,11 +311,13 @@ impl EventLoop {
                 if let (Some(reason), Some(m)) = (reason, &self.metrics) {
                     m.record_request_dropped(reason);
                 }
-                self.close_superseded_relays(peer);
+                self.relays_superseded(peer);
             }
             request_response::Event::ResponseSent { peer, .. } => {
-                self.requests_of(channel).inbound_done(&peer);
-                self.close_superseded_relays(peer);
+                let requests = self.requests_of(channel);
+                requests.inbound_done(&peer);
+                requests.answered.insert(peer, Instant::now());
+                self.relays_superseded(peer);
             }
         }
     }
