@@ -42,11 +42,14 @@ use kith_sync::{
     Decision, DeviceId, Limits, Op, OpId, OpKind, Position, Replica, Stamp, encode_batch,
 };
 
+/// Named seeds for one target.
 type Seeds = Vec<(&'static str, Vec<u8>)>;
+/// What makes one target's seeds.
+type Generator = fn() -> Seeds;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let targets: [(&str, fn() -> Seeds); 14] = [
+    let targets: [(&str, Generator); 14] = [
         ("kith_id", kith_id),
         ("link_code", link_code),
         ("wire", wire),
