@@ -274,7 +274,10 @@ pub enum Message {
     CloseRequested(window::Id),
     /// SIGTERM or SIGINT: stop as the close button would.
     Terminate,
+    /// The engine has stopped.
     Closed,
+    /// Exit even though the bridge has not finished (see `Closed`).
+    Exit,
 }
 
 /// The whole window.
@@ -293,6 +296,8 @@ pub struct App {
     pub focused: bool,
     closing: bool,
     closed: bool,
+    /// The bridge has finished: the control socket is gone.
+    bridge_stopped: bool,
     report: Option<Report>,
     notified: Option<(Instant, (String, String))>,
     notices: u64,
@@ -555,6 +560,7 @@ impl App {
             focused: true,
             closing: false,
             closed: false,
+            bridge_stopped: false,
             report: None,
             notified: None,
             notices: 0,
@@ -771,8 +777,17 @@ impl App {
             Message::Terminate => self.terminate(),
             Message::Closed => {
                 self.closed = true;
-                iced::exit()
+                if self.bridge_stopped {
+                    return iced::exit();
+                }
+                // The bridge removes the control socket once the engine's
+                // events end, a moment after the engine stops: exit when it
+                // reports that (`Update::Stopped`), or after 2 s at most.
+                Task::perform(tokio::time::sleep(Duration::from_secs(2)), |()| {
+                    Message::Exit
+                })
             }
+            Message::Exit => iced::exit(),
             Message::Window(event) => {
                 match event {
                     window::Event::Focused => {
@@ -884,6 +899,10 @@ impl App {
                 Task::none()
             }
             Update::Stopped => {
+                self.bridge_stopped = true;
+                if self.closed {
+                    return iced::exit();
+                }
                 if !self.closing {
                     self.session = None;
                     self.phase = Phase::Fatal("the messenger stopped".into());
