@@ -218,6 +218,8 @@ pub(super) struct Actor {
     /// The peers whose connections the network keeps open (friends'
     /// devices and our other devices), as last handed to it.
     kept_peers: HashSet<PeerId>,
+    /// The last typing notice's send, which the next one waits for.
+    typing_sent: Option<tokio::task::JoinHandle<()>>,
     next_keep_check: Instant,
     /// A friend's or sibling device was added or removed since.
     keep_dirty: bool,
@@ -399,6 +401,7 @@ impl Actor {
             next_mail_fetch: Instant::now(),
             last_mail_fetch_wall: SystemTime::UNIX_EPOCH,
             kept_peers: HashSet::new(),
+            typing_sent: None,
             next_keep_check: Instant::now(),
             keep_dirty: false,
             keep_task: None,
@@ -1306,10 +1309,16 @@ impl Actor {
         let request = frame::encode_request(&[Item::Olm(olm)]);
         self.after_commit(move |actor, ok| {
             if ok {
+                // One after the other: "stopped typing" must not overtake
+                // the "typing" sent a moment before it.
                 let net = actor.net.clone();
-                tokio::spawn(async move {
+                let before = actor.typing_sent.take();
+                actor.typing_sent = Some(tokio::spawn(async move {
+                    if let Some(before) = before {
+                        let _ = before.await;
+                    }
                     let _ = net.request(peer, Vec::new(), request).await;
-                });
+                }));
             }
         });
     }
