@@ -52,9 +52,6 @@ use crate::session::{DeviceSecrets, PairSession, Prekeys};
 const TURN_BUDGET: usize = 256;
 /// How often due retries are looked at.
 const TICK: Duration = Duration::from_millis(200);
-/// The set of kept connections is brought up to date at the next tick
-/// after a device is added or removed, and at least this often.
-const KEEP_CHECK: Duration = Duration::from_secs(30);
 /// Sessions kept per friend device (newest first).
 const MAX_SESSIONS: usize = 4;
 /// Lifetime of a request-drop entry.
@@ -220,15 +217,13 @@ pub(super) struct Actor {
     kept_peers: HashSet<PeerId>,
     /// The last typing notice's send, which the next one waits for.
     typing_sent: Option<tokio::task::JoinHandle<()>>,
-    next_keep_check: Instant,
     /// A friend's or sibling device was added or removed since.
     keep_dirty: bool,
     /// The last hand-over, while it is under way (updates stay in order).
     keep_task: Option<tokio::task::JoinHandle<()>>,
     /// The volunteers that served the last fetch that looked them up, and
     /// when it did.
-    mail_volunteers: Vec<kith_net::Peer>,
-    mail_volunteers_found: Option<Instant>,
+    mail_volunteers: Option<(Instant, Vec<kith_net::Peer>)>,
     /// The fetch under way asked remembered volunteers only.
     mail_fetch_remembered: bool,
     /// The next fetch looks the volunteers up (the user asked).
@@ -402,11 +397,9 @@ impl Actor {
             last_mail_fetch_wall: SystemTime::UNIX_EPOCH,
             kept_peers: HashSet::new(),
             typing_sent: None,
-            next_keep_check: Instant::now(),
             keep_dirty: false,
             keep_task: None,
-            mail_volunteers: Vec::new(),
-            mail_volunteers_found: None,
+            mail_volunteers: None,
             mail_fetch_remembered: false,
             mail_fetch_thorough: false,
             replica,
@@ -2077,8 +2070,7 @@ impl Actor {
             self.start_mail_fetch(Duration::ZERO);
         }
         self.start_due_deposits(now);
-        if self.keep_dirty || now >= self.next_keep_check {
-            self.next_keep_check = now + KEEP_CHECK;
+        if self.keep_dirty {
             self.keep_connected();
         }
         if now >= self.next_top_up {
@@ -2581,16 +2573,18 @@ impl Actor {
     /// A friend who stays connected is shown online and reached without a
     /// lookup; `docs/network.md`, "Kept connections".
     fn keep_connected(&mut self) {
+        // An update under way finishes first; this one follows at a later
+        // tick (`keep_dirty` stays set).
+        if self.keep_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.keep_dirty = false;
         let wanted: HashSet<PeerId> = self
             .devices
             .keys()
             .chain(self.siblings.keys())
             .copied()
             .collect();
-        if self.keep_task.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        self.keep_dirty = false;
         if wanted == self.kept_peers {
             return;
         }

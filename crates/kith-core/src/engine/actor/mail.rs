@@ -610,10 +610,14 @@ impl Actor {
         let done = self.done_tx.clone();
         let thorough = std::mem::take(&mut self.mail_fetch_thorough);
         let remembered = self
-            .mail_volunteers_found
-            .filter(|found| !thorough && now < *found + self.mailbox.find_volunteers_every)
-            .map(|_| self.mail_volunteers.clone())
-            .filter(|volunteers| !volunteers.is_empty());
+            .mail_volunteers
+            .as_ref()
+            .filter(|(found, volunteers)| {
+                !thorough
+                    && now < *found + self.mailbox.find_volunteers_every
+                    && !volunteers.is_empty()
+            })
+            .map(|(_, volunteers)| volunteers.clone());
         self.mail_fetch_remembered = remembered.is_some();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -633,13 +637,14 @@ impl Actor {
     /// directly, so the next fetch looks again.
     fn remember_volunteers(&mut self, outcome: &FetchOutcome) {
         if !std::mem::take(&mut self.mail_fetch_remembered) {
-            self.mail_volunteers = outcome.volunteers.clone();
-            self.mail_volunteers_found = Some(Instant::now());
+            self.mail_volunteers = Some((Instant::now(), outcome.volunteers.clone()));
         } else if !outcome.failures.is_empty()
-            || outcome.volunteers.len() < self.mail_volunteers.len()
+            || self
+                .mail_volunteers
+                .as_ref()
+                .is_some_and(|(_, asked)| outcome.volunteers.len() < asked.len())
         {
-            self.mail_volunteers.clear();
-            self.mail_volunteers_found = None;
+            self.mail_volunteers = None;
         }
     }
 
