@@ -167,3 +167,50 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
     })?;
     Ok(())
 }
+
+/// `kith decline --all` clears every waiting request in one go (after a
+/// flood of them); the senders' later requests are ignored.
+#[test]
+fn every_waiting_request_is_declined_with_one_command() -> anyhow::Result<()> {
+    let home = tempfile::tempdir()?;
+    let (_kithd, bootstrap) = start_kithd(&home.path().join("kithd"))?;
+    let alice = User::new(home.path(), "alice", &bootstrap);
+    let alice_id = alice.json(&["id", "new"])?["id"]
+        .as_str()
+        .context("alice's id")?
+        .to_owned();
+    let _alice_daemon = alice.daemon()?;
+    let mut senders = Vec::new();
+    for name in ["bob", "carol"] {
+        let user = User::new(home.path(), name, &bootstrap);
+        user.json(&["id", "new"])?;
+        let daemon = user.daemon()?;
+        user.json(&["add", &alice_id, "hi"])?;
+        senders.push((user, daemon));
+    }
+    eventually(LONG, "both requests to arrive", || {
+        let requests = alice.json(&["requests"])?;
+        Ok(requests["incoming"]
+            .as_array()
+            .filter(|list| list.len() == 2)
+            .map(|_| ()))
+    })?;
+
+    let declined = alice.run(&["decline", "--all"])?;
+    ensure!(declined.status.success(), "{declined:?}");
+    let said = String::from_utf8_lossy(&declined.stdout);
+    ensure!(
+        said.contains("Declined 2 waiting request(s)"),
+        "kith decline --all said {said:?}"
+    );
+    let requests = alice.json(&["requests"])?;
+    ensure!(
+        requests["incoming"].as_array().is_some_and(Vec::is_empty),
+        "still waiting: {requests}"
+    );
+    // Nothing left: a second run declines none, and a name is still
+    // required without --all.
+    ensure!(alice.json(&["decline", "--all"])?["declined"] == 0);
+    ensure!(!alice.run(&["decline"])?.status.success());
+    Ok(())
+}

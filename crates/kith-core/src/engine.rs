@@ -41,9 +41,14 @@ pub use crate::records::{MessageState, RefusalKind, Witness};
 
 /// Most friends an account keeps.
 pub const MAX_FRIENDS: usize = 4096;
-/// Most friend requests waiting for the user; later ones are ignored until
-/// the user answers some.
+/// Most friend requests waiting for the user; later ones are turned away
+/// (with an [`Event::Problem`] saying so) until the user answers some. Also
+/// the most of the user's own requests left unanswered at once.
 pub const MAX_PENDING_REQUESTS: usize = 256;
+/// Most declines and blocks carried over when the op log is first written
+/// from the stored state (a device linked to an account that declined
+/// floods of requests).
+pub const MAX_REFUSED: usize = 65_536;
 /// A sender may update their waiting request at most this often.
 pub const REQUEST_UPDATE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Most items waiting in the outbox; sends beyond it are refused.
@@ -396,6 +401,7 @@ enum Command {
         kind: RefusalKind,
         reply: Reply<()>,
     },
+    DeclineAll(Reply<usize>),
     Friends(Reply<Vec<FriendInfo>>),
     Resolve {
         query: String,
@@ -551,6 +557,13 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Declines every waiting request at once, as [`Engine::decline`]
+    /// would one by one; returns how many. For clearing a flood of
+    /// requests (`docs/requests.md`, "A full list").
+    pub async fn decline_all(&self) -> Result<usize, EngineError> {
+        self.ask(Command::DeclineAll).await
     }
 
     /// Blocks `account`: any request is dropped, a friendship ends, and

@@ -93,7 +93,11 @@ pub enum Command {
     /// Decline a friend request; later requests from them are ignored.
     Decline {
         /// Their name, ID, or the start of either.
-        who: String,
+        #[arg(required_unless_present = "all")]
+        who: Option<String>,
+        /// Decline every waiting request (after a flood of them).
+        #[arg(long, conflicts_with = "who")]
+        all: bool,
     },
     /// Block someone: their requests and messages are refused.
     Block {

@@ -82,6 +82,8 @@ pub enum Request {
         /// Who.
         who: String,
     },
+    /// Decline every waiting request.
+    DeclineAll,
     /// Block someone.
     Block {
         /// Who.
@@ -562,6 +564,10 @@ pub async fn execute(engine: &Engine, request: &Request) -> Result<Value, Contro
             let account = engine.resolve(who).await?;
             engine.decline(account).await?;
             json!({"declined": account.to_hex()})
+        }
+        Request::DeclineAll => {
+            let count = engine.decline_all().await?;
+            json!({"declined": count})
         }
         Request::Block { who } => {
             let account = engine.resolve(who).await?;

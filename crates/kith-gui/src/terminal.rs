@@ -136,7 +136,8 @@ pub async fn run(cli: &Cli, command: &Command, out: &mut impl Write) -> Result<(
         },
         Command::Requests => Request::Requests,
         Command::Accept { who } => Request::Accept { who: who.clone() },
-        Command::Decline { who } => Request::Decline { who: who.clone() },
+        Command::Decline { who: Some(who), .. } => Request::Decline { who: who.clone() },
+        Command::Decline { who: None, .. } => Request::DeclineAll,
         Command::Block { who } => Request::Block { who: who.clone() },
         Command::Friends => Request::Friends,
         Command::Send { friend, text, .. } => Request::Send {
@@ -366,8 +367,15 @@ fn print_text(command: &Command, answer: &Value, out: &mut impl Write) -> Result
             "{} is now your friend.",
             answer["name"].as_str().unwrap_or("")
         )?,
-        Command::Decline { who } => {
+        Command::Decline { who: Some(who), .. } => {
             writeln!(out, "Declined {who}; their requests will be ignored.")?
+        }
+        Command::Decline { who: None, .. } => {
+            let count = answer["declined"].as_u64().unwrap_or(0);
+            writeln!(
+                out,
+                "Declined {count} waiting request(s); their senders' requests will be ignored."
+            )?
         }
         Command::Block { who } => writeln!(out, "Blocked {who}.")?,
         Command::Friends => {

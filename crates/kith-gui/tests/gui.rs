@@ -513,6 +513,46 @@ fn friends_by_pasted_id_accept_and_chat() {
 
 /// Two windows made friends through the engine handles (the flow through
 /// the window is shown above).
+/// After a flood of requests, one by one is no way to clear them: the
+/// list offers Decline all, after a yes.
+#[test]
+fn every_waiting_request_is_declined_at_once() {
+    let runtime = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let (_node, addr) = dht_node(&runtime);
+    let mut alice = Window::open(&runtime, home.path(), "alice", std::slice::from_ref(&addr));
+    let mut bob = Window::open(&runtime, home.path(), "bob", std::slice::from_ref(&addr));
+    let mut carol = Window::open(&runtime, home.path(), "carol", &[addr]);
+    create(&mut alice, "Alice");
+    create(&mut bob, "Bob");
+    create(&mut carol, "Carol");
+    let alice_id = alice.main().id.as_ref().unwrap().0;
+    for sender in [&bob, &carol] {
+        runtime
+            .block_on(sender.main().engine.add(alice_id, "hi".into()))
+            .unwrap();
+    }
+    alice.until(
+        "both requests",
+        |app| matches!(&app.phase, Phase::Running(main) if main.requests.len() == 2),
+    );
+    alice.click("Requests (2)");
+    assert!(alice.sees("2 waiting"));
+    // The first click only asks.
+    alice.click("Decline all");
+    assert_eq!(alice.main().requests.len(), 2);
+    assert!(alice.sees("Decline all 2? Their senders' requests will be ignored."));
+    alice.click("Decline all");
+    alice.until(
+        "the list emptied",
+        |app| matches!(&app.phase, Phase::Running(main) if main.requests.is_empty()),
+    );
+    assert!(alice.sees("No requests waiting."));
+    assert!(
+        matches!(&alice.app.notice, Some(Notice::Info(n)) if n.starts_with("Declined 2 requests"))
+    );
+}
+
 fn befriend(runtime: &tokio::runtime::Runtime, alice: &mut Window, bob: &mut Window) {
     let alice_id = alice.main().id.as_ref().unwrap().0;
     let (a, b) = (alice.main().engine.clone(), bob.main().engine.clone());

@@ -736,6 +736,12 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
+            Command::DeclineAll(reply) => match self.decline_all() {
+                Ok(count) => self.reply_after_commit(reply, count),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Friends(reply) => {
                 let _ = reply.send(self.friend_list());
             }
@@ -989,7 +995,34 @@ impl Actor {
         if kind == RefusalKind::Declined && !had_request {
             return Err(EngineError::NoRequest(account.to_hex()));
         }
-        let mut ops = vec![
+        let mut ops = Vec::new();
+        self.refusal_ops(account, key, kind, &mut ops)?;
+        self.apply(ops)
+    }
+
+    /// Declines every waiting request at once (after a flood of requests,
+    /// say); returns how many.
+    fn decline_all(&mut self) -> Result<usize, EngineError> {
+        let waiting =
+            records::all::<IncomingRecord>(&self.store, REQUESTS_IN, MAX_PENDING_REQUESTS)
+                .map_err(store_error)?;
+        let mut ops = Vec::new();
+        for (key, record) in &waiting {
+            let account = *record.request.from.account();
+            self.refusal_ops(&account, key.clone(), RefusalKind::Declined, &mut ops)?;
+        }
+        self.apply(ops)?;
+        Ok(waiting.len())
+    }
+
+    fn refusal_ops(
+        &mut self,
+        account: &AccountPublicKey,
+        key: Vec<u8>,
+        kind: RefusalKind,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), EngineError> {
+        ops.extend([
             records::delete(REQUESTS_IN, key.clone()),
             records::put(
                 REFUSED,
@@ -1000,7 +1033,7 @@ impl Actor {
                     at: Timestamp::now(),
                 },
             ),
-        ];
+        ]);
         ops.extend(self.record(kith_sync::OpKind::RequestDecided {
             from: account.to_bytes(),
             decision: match kind {
@@ -1014,9 +1047,9 @@ impl Actor {
             }));
         }
         if kind == RefusalKind::Blocked {
-            self.forget_friend(account, &mut ops)?;
+            self.forget_friend(account, ops)?;
         }
-        self.apply(ops)
+        Ok(())
     }
 
     fn friend_info(&self, account: &AccountPublicKey) -> Result<FriendInfo, EngineError> {
@@ -2631,6 +2664,7 @@ impl Actor {
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut count = 0;
+        let mut turned_away = 0;
         let mut pending =
             records::all::<IncomingRecord>(&self.store, REQUESTS_IN, MAX_PENDING_REQUESTS)
                 .map(|r| r.len())
@@ -2640,6 +2674,7 @@ impl Actor {
             if matches!(self.store.get(SEEN_DROPS, &digest[..16]), Ok(Some(_))) {
                 continue;
             }
+            let seen_at = ops.len();
             ops.push(records::put(
                 SEEN_DROPS,
                 digest[..16].to_vec(),
@@ -2683,7 +2718,14 @@ impl Actor {
                         continue;
                     }
                 }
-                None if pending >= MAX_PENDING_REQUESTS => continue,
+                None if pending >= MAX_PENDING_REQUESTS => {
+                    // Turned away, and not marked as seen: while the entry
+                    // stays in the drop it is read again once the user has
+                    // made room.
+                    ops.remove(seen_at);
+                    turned_away += 1;
+                    continue;
+                }
                 None => pending += 1,
             }
             let mutual = matches!(self.store.get(REQUESTS_OUT, &key), Ok(Some(_)));
@@ -2709,6 +2751,14 @@ impl Actor {
         if let Err(e) = self.apply(ops) {
             self.emit(Event::Problem(e.to_string()));
             return 0;
+        }
+        if turned_away > 0 {
+            events.push(Event::Problem(format!(
+                "{turned_away} more friend request(s) could not be kept: {MAX_PENDING_REQUESTS} are \
+                 already waiting, the most Kith keeps. Accept or decline some (or decline them \
+                 all); if strangers are flooding you, change your nospam so that your old ID \
+                 stops working."
+            )));
         }
         self.emit_after_commit(events);
         count

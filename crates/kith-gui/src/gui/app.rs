@@ -151,6 +151,8 @@ pub enum Confirm {
     },
     /// Block whoever sent this request.
     Block(AccountPublicKey),
+    /// Decline every waiting request.
+    DeclineAll,
 }
 
 /// Everything the window reacts to.
@@ -2045,6 +2047,12 @@ impl Main {
             Confirm::Block(account) => {
                 self.call(async move { engine.block(account).await.map(|()| None) })
             }
+            Confirm::DeclineAll => self.call(async move {
+                let count = engine.decline_all().await?;
+                Ok(Some(format!(
+                    "Declined {count} requests; their senders' requests will be ignored."
+                )))
+            }),
         }
     }
 }

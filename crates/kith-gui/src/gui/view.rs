@@ -2,8 +2,8 @@
 //! talks to the engine; every control produces a [`Message`].
 
 use iced::widget::{
-    Column, button, center, checkbox, column, container, qr_code, row, rule, scrollable, space,
-    text, text_editor, text_input,
+    Column, Row, button, center, checkbox, column, container, qr_code, row, rule, scrollable,
+    space, text, text_editor, text_input,
 };
 use iced::{Alignment, Element, Fill, Length, keyboard};
 use kith_core::engine::{FriendInfo, MessageState, MessageView, Witness};
@@ -720,23 +720,54 @@ fn add_friend(main: &Main) -> Element<'_, Message> {
     )
 }
 
+/// A question with a button that does it (in danger colours) and one
+/// that cancels.
+fn ask_first(question: String, action: &str) -> Row<'_, Message> {
+    row![
+        text(question).width(Fill),
+        button(text(action))
+            .style(button::danger)
+            .on_press(Message::Confirmed),
+        button(text("Cancel"))
+            .style(button::secondary)
+            .on_press(Message::NotConfirmed),
+    ]
+}
+
 fn requests(main: &Main) -> Element<'_, Message> {
     let mut list = Column::new().spacing(GAP);
     if main.requests.is_empty() {
         list = list.push(text("No requests waiting.").style(text::secondary));
     }
+    if main.requests.len() > 1 {
+        // After a flood of requests (someone spamming a leaked ID), one by
+        // one is no way to clear them.
+        let waiting = format!("{} waiting", main.requests.len());
+        let bulk = if main.confirm == Some(Confirm::DeclineAll) {
+            ask_first(
+                format!(
+                    "Decline all {}? Their senders' requests will be ignored.",
+                    main.requests.len()
+                ),
+                "Decline all",
+            )
+        } else {
+            row![
+                text(waiting).style(text::secondary).width(Fill),
+                button(text("Decline all"))
+                    .style(button::secondary)
+                    .on_press(Message::Ask(Confirm::DeclineAll)),
+            ]
+        };
+        list = list.push(bulk.spacing(8).align_y(Alignment::Center));
+    }
     for request in &main.requests {
         let blocking = main.confirm == Some(Confirm::Block(request.account));
         let actions = if blocking {
-            row![
-                text("Block them? Their requests and messages will be refused.").width(Fill),
-                button(text("Block"))
-                    .style(button::danger)
-                    .on_press(Message::Confirmed),
-                button(text("Cancel"))
-                    .style(button::secondary)
-                    .on_press(Message::NotConfirmed),
-            ]
+            ask_first(
+                "Block them? Their requests and messages will be refused.".into(),
+                "Block",
+            )
         } else {
             row![
                 button(text("Accept")).on_press(Message::Accept(request.account)),

@@ -240,7 +240,7 @@ impl Actor {
             }
         }
         for (_, refused) in
-            records::all::<RefusedRecord>(&self.store, REFUSED, crate::engine::MAX_PENDING_REQUESTS)
+            records::all::<RefusedRecord>(&self.store, REFUSED, crate::engine::MAX_REFUSED)
                 .map_err(store_error)?
         {
             ops.extend(self.record(OpKind::RequestDecided {
