@@ -9,8 +9,10 @@
 //! round trip. A frame is a 4-byte big-endian length and that many bytes;
 //! the reader checks the length against the protocol's limit
 //! ([`MAX_REQUEST_BYTES`], [`MAX_RESPONSE_BYTES`] for messages) before
-//! allocating anything, and the writer
-//! refuses to send more.
+//! allocating anything, grows its buffer only as the bytes arrive (so a
+//! peer that announces a large frame and stalls costs us little), and
+//! fails with `UnexpectedEof` when the stream ends short of the length;
+//! the writer refuses to send more.
 //!
 //! Inbound requests reach the application as [`InboundRequest`]s carrying a
 //! one-shot responder; the event loop holds the libp2p response channel
@@ -28,6 +30,10 @@ pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/msg/1.0.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest response payload, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The reader's first buffer for a frame's body; it then doubles as bytes
+/// arrive, up to the frame's length.
+const FIRST_READ_BYTES: usize = 1024;
 
 /// Frames up to this size are written with their length in one write (one
 /// Yamux frame); larger ones in two, rather than copied.
@@ -79,6 +85,14 @@ impl std::fmt::Debug for InboundRequest {
 pub(crate) struct FrameTooLarge {
     pub(crate) size: usize,
     pub(crate) max: usize,
+}
+
+/// A stream that ended before the length its frame announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stream ended after {read} of the {size} bytes its frame announced")]
+pub(crate) struct FrameTruncated {
+    size: usize,
+    read: usize,
 }
 
 /// The offline-mail protocol (`kith-mailbox` defines its messages).
@@ -152,8 +166,27 @@ where
             FrameTooLarge { size, max },
         ));
     }
-    let mut data = vec![0u8; size];
-    io.read_exact(&mut data).await?;
+    // The buffer grows with what has arrived, never past `size`: a peer
+    // that sends a large length and then stalls holds at most
+    // `FIRST_READ_BYTES` here, not the whole frame.
+    let mut data = Vec::new();
+    let mut filled = 0;
+    while filled < size {
+        if filled == data.len() {
+            let grow = data.len().max(FIRST_READ_BYTES).min(size - data.len());
+            data.reserve_exact(grow);
+            data.resize(data.len() + grow, 0);
+        }
+        match io.read(&mut data[filled..]).await? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    FrameTruncated { size, read: filled },
+                ));
+            }
+            n => filled += n,
+        }
+    }
     Ok(data)
 }
 
@@ -290,6 +323,118 @@ mod tests {
             frame_too_large(&error).map(|e| e.max),
             Some(MAX_RESPONSE_BYTES)
         );
+    }
+
+    /// Serves `bytes` at most `chunk` at a time, then stalls (or ends, if
+    /// `end`), and remembers the largest buffer it was asked to fill.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        chunk: usize,
+        end: bool,
+        largest_ask: usize,
+    }
+
+    impl Trickle {
+        fn new(bytes: Vec<u8>, chunk: usize, end: bool) -> Self {
+            Self {
+                bytes,
+                at: 0,
+                chunk,
+                end,
+                largest_ask: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.largest_ask = self.largest_ask.max(buf.len());
+            let left = self.bytes.len() - self.at;
+            if left == 0 && !self.end {
+                return std::task::Poll::Pending;
+            }
+            let n = left.min(buf.len()).min(self.chunk);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    fn frame(size: usize) -> Vec<u8> {
+        let mut wire = u32::try_from(size).unwrap().to_be_bytes().to_vec();
+        wire.extend((0..size).map(|i| (i % 251) as u8));
+        wire
+    }
+
+    #[test]
+    fn frames_arriving_in_pieces_are_read_whole() {
+        for size in [0, 1, 1023, 1024, 1025, 3000, 100_000, MAX_REQUEST_BYTES] {
+            for chunk in [1, 7, 4096] {
+                if size > 3000 && chunk < 4096 {
+                    continue;
+                }
+                let wire = frame(size);
+                let mut io = Trickle::new(wire.clone(), chunk, false);
+                let read = block_on(read_frame(&mut io, MAX_REQUEST_BYTES)).unwrap();
+                assert_eq!(read, wire[4..], "size {size} in pieces of {chunk}");
+                assert!(
+                    io.largest_ask <= size.max(4),
+                    "asked for {}",
+                    io.largest_ask
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_frame_holds_a_buffer_for_what_arrived_not_what_was_announced() {
+        // A length of 1 MiB, 10 bytes of body, then nothing: the reader
+        // waits with a 1 KiB buffer (it used to allocate the full 1 MiB
+        // from the header alone).
+        let mut wire = frame(MAX_REQUEST_BYTES);
+        wire.truncate(4 + 10);
+        let mut io = Trickle::new(wire, 4096, false);
+        let read = futures::FutureExt::now_or_never(read_frame(&mut io, MAX_REQUEST_BYTES));
+        assert!(read.is_none(), "still waiting for the rest");
+        assert_eq!(io.at, 14, "read everything that arrived");
+        assert_eq!(io.largest_ask, FIRST_READ_BYTES);
+
+        // 100 KiB arrive: the buffer has grown to 128 KiB, not 1 MiB.
+        let mut wire = frame(MAX_REQUEST_BYTES);
+        wire.truncate(4 + 100 * 1024);
+        let mut io = Trickle::new(wire, 4096, false);
+        let read = futures::FutureExt::now_or_never(read_frame(&mut io, MAX_REQUEST_BYTES));
+        assert!(read.is_none());
+        assert_eq!(io.at, 4 + 100 * 1024);
+        assert!(io.largest_ask <= 64 * 1024, "asked for {}", io.largest_ask);
+    }
+
+    #[test]
+    fn a_truncated_frame_is_an_unexpected_end_of_file() {
+        for (size, sent) in [(10, 0), (10, 9), (5000, 4999), (MAX_REQUEST_BYTES, 1)] {
+            let mut wire = frame(size);
+            wire.truncate(4 + sent);
+            let mut io = Trickle::new(wire, 4096, true);
+            let error =
+                block_on(Codec::of(Channel::Message).read_request(&MESSAGE_PROTOCOL, &mut io))
+                    .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{size}/{sent}");
+            assert_eq!(
+                error
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<FrameTruncated>()),
+                Some(&FrameTruncated { size, read: sent })
+            );
+        }
+        // A header cut short is one too.
+        let mut io = Trickle::new(vec![0, 0], 4096, true);
+        let error = block_on(read_frame(&mut io, MAX_REQUEST_BYTES)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
