@@ -14,8 +14,8 @@ use libp2p::core::upgrade::Version;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits, dcutr, identify,
-    identity, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, dcutr, identify, identity, kad, mdns,
+    noise, ping, relay, request_response, tcp, yamux,
 };
 use prometheus_client::registry::Registry;
 
@@ -42,7 +42,7 @@ const MESSAGE_STREAMS_PER_CONNECTION: usize = 256;
 /// Everything a Kith node speaks.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) limits: crate::limits::Behaviour,
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) relay_server: Toggle<relay::Behaviour>,
     pub(crate) dcutr: Toggle<dcutr::Behaviour>,
@@ -142,12 +142,6 @@ fn behaviour(
         None
     };
 
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established(Some(config.limits.max_established))
-        .with_max_established_per_peer(Some(config.limits.max_established_per_peer))
-        .with_max_pending_incoming(Some(config.limits.max_pending))
-        .with_max_pending_outgoing(Some(config.limits.max_pending));
-
     let autonat_client = (!node && config.transport == TransportKind::Network).then(|| {
         autonat::v2::client::Behaviour::new(
             rand::make_rng::<rand::rngs::StdRng>(),
@@ -186,7 +180,7 @@ fn behaviour(
     );
 
     Ok(Behaviour {
-        limits: connection_limits::Behaviour::new(limits),
+        limits: crate::limits::Behaviour::new(&config.limits),
         relay_client,
         relay_server: relay_server.into(),
         dcutr: (!node).then(|| dcutr::Behaviour::new(peer_id)).into(),

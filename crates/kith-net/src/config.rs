@@ -194,6 +194,12 @@ pub struct ConnectionLimits {
     pub max_established_per_peer: u32,
     /// Connections being set up, in each direction.
     pub max_pending: u32,
+    /// Inbound connections being set up from one IP address (IPv6: one
+    /// /64), so that one host cannot hold every pending slot; relayed
+    /// connections are not counted. There is no per-address limit on
+    /// established connections: carrier-grade NAT puts many users behind
+    /// one address.
+    pub max_pending_per_ip: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -202,6 +208,7 @@ impl Default for ConnectionLimits {
             max_established: 512,
             max_established_per_peer: 4,
             max_pending: 64,
+            max_pending_per_ip: 8,
         }
     }
 }

@@ -48,6 +48,7 @@ mod client;
 mod config;
 mod event_loop;
 mod keep_alive;
+mod limits;
 mod message;
 mod metrics;
 
