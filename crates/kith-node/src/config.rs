@@ -115,6 +115,8 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     /// Most connections per peer.
     pub max_connections_per_peer: Option<u32>,
+    /// Most connection handshakes under way from one IP address.
+    pub max_pending_per_ip: Option<u32>,
     /// Relay limits.
     pub relay: Option<RelayFile>,
     /// Mailbox volunteering.
@@ -147,6 +149,10 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Most connections per peer.
     pub max_connections_per_peer: u32,
+    /// Most connection handshakes under way from one IP address (an IPv6
+    /// /64 counts as one): many users behind one carrier-grade NAT
+    /// connecting at the same moment may need more.
+    pub max_pending_per_ip: u32,
     /// Relay server limits.
     pub relay: RelayLimits,
     /// The mailbox volunteer's settings; `None` when it is off.
@@ -447,6 +453,10 @@ impl NodeConfig {
                 file.max_connections_per_peer
                     .unwrap_or(limits.max_established_per_peer),
             )?,
+            max_pending_per_ip: positive(
+                "max_pending_per_ip",
+                file.max_pending_per_ip.unwrap_or(limits.max_pending_per_ip),
+            )?,
             relay,
             mailbox,
         })
@@ -651,6 +661,10 @@ mod tests {
         let config = NodeConfig::resolve(file, Overrides::default()).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/kithd"));
         assert_eq!(config.relay, RelayLimits::default());
+        assert_eq!(
+            config.max_pending_per_ip,
+            kith_net::ConnectionLimits::default().max_pending_per_ip
+        );
         assert_eq!(config.listen.len(), 2);
         let mailbox = config.mailbox.expect("the example volunteers");
         assert_eq!(mailbox.limits, Limits::default());
@@ -686,6 +700,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("relay.max_circuits"), "{err}");
+        let zero: FileConfig = toml::from_str("max_pending_per_ip = 0").unwrap();
+        let err = NodeConfig::resolve(zero, flags_with_dir()).unwrap_err();
+        assert!(err.to_string().contains("max_pending_per_ip"), "{err}");
         let err = NodeConfig::resolve(FileConfig::default(), Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("--data-dir"), "{err}");
     }

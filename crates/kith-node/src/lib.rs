@@ -151,6 +151,7 @@ pub async fn run(
     net.relay_limits = config.relay.clone();
     net.limits.max_established = config.max_connections;
     net.limits.max_established_per_peer = config.max_connections_per_peer;
+    net.limits.max_pending_per_ip = config.max_pending_per_ip;
     net.mailbox_volunteer = volunteer.is_some();
 
     let mut registry = Registry::with_prefix("kithd");
