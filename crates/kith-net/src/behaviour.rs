@@ -116,12 +116,16 @@ fn behaviour(
 
     let relay_server = node.then(|| {
         let limits = &config.relay_limits;
+        // libp2p's relay denies a peer's request only once the peer holds
+        // more than its per-peer limit (`>`, not `>=`), so it grants one
+        // more than configured; `tests/relay_limits.rs` saw 3 where 2 were
+        // allowed. The totals are checked with `>=` and hold as given.
         let mut relay = relay::Config {
             max_reservations: limits.max_reservations,
-            max_reservations_per_peer: limits.max_reservations_per_peer,
+            max_reservations_per_peer: limits.max_reservations_per_peer.saturating_sub(1),
             reservation_duration: limits.reservation_duration,
             max_circuits: limits.max_circuits,
-            max_circuits_per_peer: limits.max_circuits_per_peer,
+            max_circuits_per_peer: limits.max_circuits_per_peer.saturating_sub(1),
             max_circuit_duration: limits.max_circuit_duration,
             max_circuit_bytes: limits.max_circuit_bytes,
             ..Default::default()

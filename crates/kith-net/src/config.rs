@@ -50,7 +50,9 @@ pub enum RelayReservation {
 pub struct RelayLimits {
     /// Reservations held at once.
     pub max_reservations: usize,
-    /// Reservations per peer.
+    /// Reservations per peer, each on a connection of its own (so also
+    /// bounded by [`ConnectionLimits::max_established_per_peer`]); at
+    /// least one, 0 is taken as 1.
     pub max_reservations_per_peer: usize,
     /// How long a reservation lasts: 1 h. Clients renew after three
     /// quarters of it (libp2p's relay client), one request and answer
@@ -59,11 +61,15 @@ pub struct RelayLimits {
     pub reservation_duration: Duration,
     /// Circuits relayed at once.
     pub max_circuits: usize,
-    /// Circuits per peer (source or destination).
+    /// Circuits per peer, as source or destination; at least one, 0 is
+    /// taken as 1. libp2p checks it only for the peer opening a circuit,
+    /// so many peers together can open up to [`Self::max_circuits`] to
+    /// one destination.
     pub max_circuits_per_peer: usize,
     /// How long one circuit may live; clients re-open it transparently.
     pub max_circuit_duration: Duration,
-    /// Bytes one circuit may carry in each direction.
+    /// Bytes one circuit may carry, both directions counted together
+    /// (libp2p's relay adds them up); the circuit is cut once past it.
     pub max_circuit_bytes: u64,
 }
 

@@ -17,19 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Peer, memory_config, start, within};
+use common::{Peer, memory_config, memory_swarm, start, within};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kith_net::{
     Client, Config, Event, MAILBOX_PROTOCOL, MAX_MAILBOX_REQUEST_BYTES, MAX_REQUEST_BYTES,
     MESSAGE_PROTOCOL, Multiaddr, NetError, PeerId, Protocol, RelayReservation, Role, TransportKind,
 };
 use kith_proto::DeviceKeypair;
-use libp2p::core::transport::MemoryTransport;
-use libp2p::core::upgrade::Version;
+use libp2p::StreamProtocol;
 use libp2p::request_response::{self, OutboundFailure, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dummy};
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, Transport, noise, yamux};
+use libp2p::swarm::{SwarmEvent, dummy};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -437,29 +435,6 @@ fn classify(error: OutboundFailure) -> Outcome {
         return Outcome::Cut(*cut);
     }
     Outcome::Failed(error.to_string())
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A swarm on the memory transport with a fresh identity.
-fn memory_swarm<B: NetworkBehaviour>(
-    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
-) -> Swarm<B> {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, BoxError>(
-                MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default()),
-            )
-        })
-        .expect("transport")
-        .with_behaviour(behaviour)
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
 }
 
 // ---- slow loris ----

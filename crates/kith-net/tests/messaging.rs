@@ -8,17 +8,15 @@ mod common;
 use std::io;
 use std::time::Duration;
 
-use common::{Peer, memory_config, start, start_nodes, within};
+use common::{Peer, memory_config, memory_swarm, start, start_nodes, within};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kith_net::{
     Config, Event, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MESSAGE_PROTOCOL, Multiaddr, NetError,
     Protocol, RelayReservation, Role,
 };
-use libp2p::core::transport::MemoryTransport;
-use libp2p::core::upgrade::Version;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, Transport, noise, yamux};
+use libp2p::{StreamProtocol, Swarm};
 
 /// A client on the memory transport that publishes no presence and knows
 /// no bootstrap node: two of them talk directly.
@@ -220,27 +218,13 @@ impl request_response::Codec for Unbounded {
 type Rogue = Swarm<request_response::Behaviour<Unbounded>>;
 
 fn rogue() -> Rogue {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default()),
-            )
-        })
-        .expect("transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                Unbounded,
-                [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default(),
-            )
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    memory_swarm(|_| {
+        request_response::Behaviour::with_codec(
+            Unbounded,
+            [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

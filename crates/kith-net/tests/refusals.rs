@@ -7,72 +7,13 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Peer, eventually, start_client, start_nodes, within};
-use futures::StreamExt;
-use kith_net::{Event, KAD_PROTOCOL};
+use common::{Attacker, Peer, attacker, eventually, push, start_client, start_nodes};
+use kith_net::Event;
 use kith_proto::AccountKeypair;
 use kith_proto::presence::{PresenceContents, PresenceKeys, PresenceRecord};
 use kith_proto::request_drop::{
     DROP_TAG, DropEntry, MAX_DROP_ENTRY_BYTES, MAX_DROP_RECORD_BYTES, RequestDrop,
 };
-use libp2p::core::transport::MemoryTransport;
-use libp2p::core::upgrade::Version;
-use libp2p::kad::{self, store::MemoryStore};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Swarm, SwarmBuilder, Transport, noise, yamux};
-
-type Attacker = Swarm<kad::Behaviour<MemoryStore>>;
-
-fn attacker() -> Attacker {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default()),
-            )
-        })
-        .expect("transport")
-        .with_behaviour(|key| {
-            let peer = key.public().to_peer_id();
-            let mut config = kad::Config::new(KAD_PROTOCOL);
-            config.set_max_packet_size(64 * 1024);
-            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), config);
-            kad.set_mode(Some(kad::Mode::Client));
-            kad
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
-}
-
-/// Sends `value` under `key` to `node` and waits for the put to finish.
-async fn push(attacker: &mut Attacker, node: &Peer, key: &[u8], value: Vec<u8>) {
-    attacker
-        .behaviour_mut()
-        .add_address(&node.peer_id(), node.addr.clone());
-    let record = kad::Record::new(kad::RecordKey::new(&key), value);
-    let id = attacker.behaviour_mut().put_record_to(
-        record,
-        std::iter::once(node.peer_id()),
-        kad::Quorum::One,
-    );
-    within(Duration::from_secs(20), async {
-        loop {
-            if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
-                id: done, step, ..
-            }) = attacker.select_next_some().await
-                && done == id
-                && step.last
-            {
-                return;
-            }
-        }
-    })
-    .await;
-}
 
 async fn refusal(node: &mut Peer) -> &'static str {
     node.wait_event(|e| match e {

@@ -3,12 +3,22 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kith_net::{Client, Config, Event, InboundRequest, Multiaddr, PeerId, Role, TransportKind};
+use kith_net::{
+    Client, Config, Event, InboundRequest, KAD_PROTOCOL, Multiaddr, PeerId, Role, TransportKind,
+};
 use kith_proto::presence::{PresenceKeys, PresenceShare};
 use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam};
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Swarm, SwarmBuilder, Transport, noise, yamux};
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -113,7 +123,60 @@ pub fn memory_config(role: Role, bootstrap: Vec<Multiaddr>) -> (Config, Option<A
 }
 
 pub async fn start(config: Config, account: Option<AccountKeypair>) -> Peer {
-    let (client, mut stream, event_loop) = kith_net::new(config, None).expect("node starts");
+    start_inner(config, account, None).await
+}
+
+/// A node's Prometheus registry, read while the node runs.
+#[derive(Clone)]
+pub struct Metrics(Arc<Mutex<Registry>>);
+
+impl Metrics {
+    /// The sum of every sample of the metric `name` (as encoded, e.g.
+    /// `kith_request_drops_refused_total`) whose labels contain `label`
+    /// (e.g. `reason="store_full"`; empty for any).
+    pub fn sum(&self, name: &str, label: &str) -> f64 {
+        let mut text = String::new();
+        let registry = self.0.lock().expect("registry");
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits up to 15 s until `check` holds for these metrics.
+    pub async fn wait(&self, what: &str, check: impl Fn(&Metrics) -> bool) {
+        eventually(Duration::from_secs(15), what, || {
+            std::future::ready(check(self))
+        })
+        .await;
+    }
+
+    /// How many relay events of `kind` (`ReservationReqAccepted`,
+    /// `CircuitReqDenied`, `CircuitClosed`, …) the node counted.
+    pub fn relay_events(&self, kind: &str) -> f64 {
+        self.sum("libp2p_relay_events_total", &format!("event=\"{kind}\""))
+    }
+}
+
+/// Like [`start`], with libp2p's and Kith's metrics registered in a
+/// registry the test can read.
+pub async fn start_with_metrics(
+    config: Config,
+    account: Option<AccountKeypair>,
+) -> (Peer, Metrics) {
+    let mut registry = Registry::default();
+    let peer = start_inner(config, account, Some(&mut registry)).await;
+    (peer, Metrics(Arc::new(Mutex::new(registry))))
+}
+
+async fn start_inner(
+    config: Config,
+    account: Option<AccountKeypair>,
+    registry: Option<&mut Registry>,
+) -> Peer {
+    let (client, mut stream, event_loop) = kith_net::new(config, registry).expect("node starts");
     let task = tokio::spawn(event_loop.run());
     // Forward the stream into a queue the test can read with a timeout.
     let (tx, events) = mpsc::channel(1024);
@@ -201,4 +264,66 @@ pub async fn start_client(bootstrap: Vec<Multiaddr>) -> Peer {
     })
     .await;
     peer
+}
+
+/// A bare libp2p swarm with a new identity over the memory transport
+/// (Noise, Yamux), running `behaviour`: a peer that speaks Kith's
+/// protocols as it likes.
+pub fn memory_swarm<B: NetworkBehaviour>(behaviour: impl FnOnce(&Keypair) -> B) -> Swarm<B> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
+        .expect("transport")
+        .with_behaviour(behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// A bare Kademlia swarm speaking Kith's DHT protocol, in client mode.
+pub type Attacker = Swarm<kad::Behaviour<MemoryStore>>;
+
+pub fn attacker() -> Attacker {
+    memory_swarm(|key| {
+        let peer = key.public().to_peer_id();
+        let mut config = kad::Config::new(KAD_PROTOCOL);
+        config.set_max_packet_size(64 * 1024);
+        let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), config);
+        kad.set_mode(Some(kad::Mode::Client));
+        kad
+    })
+}
+
+/// Sends `value` under `key` to `node` and waits for the put to finish
+/// (a node answers a put it drops as it answers one it stores).
+pub async fn push(attacker: &mut Attacker, node: &Peer, key: &[u8], value: Vec<u8>) {
+    attacker
+        .behaviour_mut()
+        .add_address(&node.peer_id(), node.addr.clone());
+    let record = kad::Record::new(kad::RecordKey::new(&key), value);
+    let id = attacker.behaviour_mut().put_record_to(
+        record,
+        std::iter::once(node.peer_id()),
+        kad::Quorum::One,
+    );
+    within(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                id: done, step, ..
+            }) = attacker.select_next_some().await
+                && done == id
+                && step.last
+            {
+                return;
+            }
+        }
+    })
+    .await;
 }
