@@ -1370,7 +1370,7 @@ impl EventLoop {
                 let lifetime = merged.latest_expiry().map_or(0, |e| e.saturating_sub(now));
                 let mut stored = kad::Record::new(record.key, merged.encode());
                 stored.expires = Some(std::time::Instant::now() + Duration::from_secs(lifetime));
-                match self.swarm.behaviour_mut().kad.store_mut().put(stored) {
+                match self.store_record(stored) {
                     Ok(()) => {
                         if let Some(m) = &self.metrics {
                             m.record_stored();
@@ -1390,6 +1390,35 @@ impl EventLoop {
                 self.refused(source, refusal_label(&e));
             }
         }
+    }
+
+    /// Stores a record for others. When the store is full it first
+    /// removes the expired records: Kademlia removes them only at its next
+    /// replication pass ([`Timers::kad_replication`], 6 h) or when their
+    /// key is looked up, and until then they held their places.
+    fn store_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        match store.put(record.clone()) {
+            Err(kad::store::Error::MaxRecords) if self.remove_expired_records() > 0 => {
+                self.swarm.behaviour_mut().kad.store_mut().put(record)
+            }
+            result => result,
+        }
+    }
+
+    /// Removes every expired record from the store; returns how many.
+    fn remove_expired_records(&mut self) -> usize {
+        let now = std::time::Instant::now();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let expired: Vec<kad::RecordKey> = store
+            .records()
+            .filter(|r| r.is_expired(now))
+            .map(|r| r.key.clone())
+            .collect();
+        for key in &expired {
+            store.remove(key);
+        }
+        expired.len()
     }
 
     fn refused(&mut self, from: PeerId, reason: &'static str) {

@@ -13,7 +13,8 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Metrics, Peer, attacker, eventually, memory_config, push, start, start_with_metrics, within,
+    Attacker, Metrics, Peer, attacker, eventually, memory_config, push, start, start_with_metrics,
+    within,
 };
 use kith_net::Role;
 use kith_proto::AccountKeypair;
@@ -30,12 +31,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// A valid request drop of `entries` entries, `size` sealed bytes each.
-fn drop_record(seed: u32, entries: usize, size: usize) -> Vec<u8> {
+/// A valid request drop of `entries` entries, `size` sealed bytes each,
+/// living about `lifetime` seconds.
+fn drop_record(seed: u32, entries: usize, size: usize, lifetime: u64) -> Vec<u8> {
     RequestDrop {
         entries: (0..entries)
             .map(|i| DropEntry {
-                expires: now() + 3600 + i as u64,
+                expires: now() + lifetime + i as u64,
                 sealed: vec![(seed as usize + i) as u8; size],
             })
             .collect(),
@@ -51,8 +53,14 @@ fn drop_key(seed: u32) -> [u8; 32] {
 
 /// A validly signed presence record of a fresh account, with `devices`
 /// entries carrying `prekeys` bytes of prekeys and `addresses` addresses
-/// of 200 bytes each; and the share a friend would find it with.
-fn presence_record(devices: usize, prekeys: usize, addresses: usize) -> (PresenceShare, Vec<u8>) {
+/// of 200 bytes each, living `lifetime` seconds; and the share a friend
+/// would find it with.
+fn presence_record(
+    devices: usize,
+    prekeys: usize,
+    addresses: usize,
+    lifetime: u64,
+) -> (PresenceShare, Vec<u8>) {
     let keys = PresenceKeys::derive(&AccountKeypair::generate());
     let entries = (0..devices)
         .map(|_| {
@@ -61,7 +69,7 @@ fn presence_record(devices: usize, prekeys: usize, addresses: usize) -> (Presenc
                 addresses: vec![vec![7; 200]; addresses],
                 prekeys: vec![9; prekeys],
             };
-            keys.entry(&contents, 1, now() + 3600).expect("entry")
+            keys.entry(&contents, 1, now() + lifetime).expect("entry")
         })
         .collect();
     let record = PresenceRecord {
@@ -69,6 +77,37 @@ fn presence_record(devices: usize, prekeys: usize, addresses: usize) -> (Presenc
         entries,
     };
     (keys.share(), record.encode())
+}
+
+/// Puts a small drop under the key of each of `seeds`, living about
+/// `lifetime` seconds.
+async fn push_drops(
+    attacker: &mut Attacker,
+    node: &Peer,
+    seeds: std::ops::Range<u32>,
+    lifetime: u64,
+) {
+    for seed in seeds {
+        let value = drop_record(seed, 1, 100, lifetime);
+        push(attacker, node, &drop_key(seed), value).await;
+    }
+}
+
+/// Puts `count` small presence records of fresh accounts, living
+/// `lifetime` seconds; returns their shares.
+async fn push_presence(
+    attacker: &mut Attacker,
+    node: &Peer,
+    count: usize,
+    lifetime: u64,
+) -> Vec<PresenceShare> {
+    let mut shares = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (share, value) = presence_record(1, 0, 1, lifetime);
+        push(attacker, node, &share.record_key(), value).await;
+        shares.push(share);
+    }
+    shares
 }
 
 /// (request drops, presence records) the node holds.
@@ -99,15 +138,7 @@ async fn a_record_flood_stops_at_the_store_limit_and_drops_at_a_quarter_of_it() 
     let mut attacker = attacker();
 
     // Request drops under 40 fresh keys: 16 are kept, 24 refused.
-    for seed in 0..40 {
-        push(
-            &mut attacker,
-            &node,
-            &drop_key(seed),
-            drop_record(seed, 1, 100),
-        )
-        .await;
-    }
+    push_drops(&mut attacker, &node, 0..40, 3600).await;
     metrics
         .wait("40 drops handled", |m| {
             m.sum(DROPS_STORED, "") + m.sum(DROPS_REFUSED, "") >= 40.0
@@ -123,7 +154,13 @@ async fn a_record_flood_stops_at_the_store_limit_and_drops_at_a_quarter_of_it() 
 
     // A drop under a key already held still takes new entries: the share
     // bounds keys, not a friend adding to a drop that is there.
-    push(&mut attacker, &node, &drop_key(3), drop_record(100, 2, 100)).await;
+    push(
+        &mut attacker,
+        &node,
+        &drop_key(3),
+        drop_record(100, 2, 100, 3600),
+    )
+    .await;
     metrics
         .wait("the held drop merged", |m| {
             m.sum(DROPS_STORED, "") > DROP_SHARE as f64
@@ -132,12 +169,7 @@ async fn a_record_flood_stops_at_the_store_limit_and_drops_at_a_quarter_of_it() 
 
     // Presence records of 60 fresh accounts: the remaining 48 slots fill,
     // the other 12 are refused for a full store.
-    let mut shares = Vec::new();
-    for _ in 0..60 {
-        let (share, record) = presence_record(1, 0, 1);
-        push(&mut attacker, &node, &share.record_key(), record).await;
-        shares.push(share);
-    }
+    let shares = push_presence(&mut attacker, &node, 60, 3600).await;
     metrics
         .wait("60 presence records handled", |m| {
             m.sum(PRESENCE_STORED, "") + m.sum(PRESENCE_REFUSED, "") >= 60.0
@@ -161,10 +193,10 @@ async fn a_record_flood_stops_at_the_store_limit_and_drops_at_a_quarter_of_it() 
         &mut attacker,
         &node,
         &drop_key(1000),
-        drop_record(7, 1, 100),
+        drop_record(7, 1, 100, 3600),
     )
     .await;
-    let (share, record) = presence_record(1, 0, 1);
+    let (share, record) = presence_record(1, 0, 1, 3600);
     push(&mut attacker, &node, &share.record_key(), record).await;
     metrics
         .wait("both refused", |m| {
@@ -232,12 +264,12 @@ async fn a_store_full_of_the_largest_records_costs_about_their_size() {
     let before = rss();
     let (mut drop_bytes, mut presence_bytes) = (0, 0);
     for seed in 0..MAX_RECORDS as u32 / 4 {
-        let value = drop_record(seed, MAX_DROP_ENTRIES, MAX_DROP_ENTRY_BYTES);
+        let value = drop_record(seed, MAX_DROP_ENTRIES, MAX_DROP_ENTRY_BYTES, 3600);
         drop_bytes += value.len();
         push(&mut attacker, &node, &drop_key(seed), value).await;
     }
     for _ in 0..MAX_RECORDS - MAX_RECORDS / 4 {
-        let (share, value) = presence_record(8, 512, 4);
+        let (share, value) = presence_record(8, 512, 4, 3600);
         presence_bytes += value.len();
         push(&mut attacker, &node, &share.record_key(), value).await;
     }
@@ -265,4 +297,42 @@ async fn a_store_full_of_the_largest_records_costs_about_their_size() {
             grown / MAX_RECORDS as u64
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_records_give_their_place_back() {
+    const MAX_RECORDS: usize = 16;
+    let (node, metrics) = node(MAX_RECORDS).await;
+    let mut attacker = attacker();
+    // The drop share (4) and the rest of the store (12), with records
+    // that expire within 5 s.
+    const LIFETIME: u64 = 5;
+    let stored_at = now();
+    push_drops(&mut attacker, &node, 0..4, LIFETIME).await;
+    push_presence(&mut attacker, &node, 12, LIFETIME).await;
+    metrics
+        .wait("the store filled", |m| {
+            m.sum(DROPS_STORED, "") + m.sum(PRESENCE_STORED, "") >= MAX_RECORDS as f64
+        })
+        .await;
+    while now() <= stored_at + LIFETIME + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Once they expired, new records take their places (Kademlia itself
+    // would remove them only at its next replication pass, hours later).
+    push_drops(&mut attacker, &node, 10..14, 3600).await;
+    push_presence(&mut attacker, &node, 12, 3600).await;
+    metrics
+        .wait("new records handled", |m| {
+            m.sum(DROPS_STORED, "")
+                + m.sum(PRESENCE_STORED, "")
+                + m.sum(DROPS_REFUSED, "")
+                + m.sum(PRESENCE_REFUSED, "")
+                >= 2.0 * MAX_RECORDS as f64
+        })
+        .await;
+    assert_eq!(metrics.sum(DROPS_REFUSED, ""), 0.0);
+    assert_eq!(metrics.sum(PRESENCE_REFUSED, ""), 0.0);
+    assert_eq!(held(&node).await, (4, 12));
 }

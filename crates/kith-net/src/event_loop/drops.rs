@@ -207,11 +207,11 @@ impl EventLoop {
                 .map(|held| RequestDrop::merge(&held, &RequestDrop::default(), now))
                 .unwrap_or_default(),
             None => {
-                let drops = store
-                    .records()
-                    .filter(|r| request_drop::is_drop_record(&r.value))
-                    .count();
-                if drops >= max_drops {
+                // Expired drops give their place back here, not only at
+                // Kademlia's next replication pass.
+                if self.drop_records() >= max_drops
+                    && (self.remove_expired_records() == 0 || self.drop_records() >= max_drops)
+                {
                     self.refused_drop(source, "store_full");
                     return;
                 }
@@ -227,7 +227,7 @@ impl EventLoop {
         let mut stored = kad::Record::new(record.key, merged.encode());
         stored.publisher = record.publisher;
         stored.expires = Some(std::time::Instant::now() + Duration::from_secs(lifetime));
-        match self.swarm.behaviour_mut().kad.store_mut().put(stored) {
+        match self.store_record(stored) {
             Ok(()) => {
                 if let Some(m) = &self.metrics {
                     m.record_drop_stored();
@@ -239,6 +239,17 @@ impl EventLoop {
                 self.refused_drop(source, "store_full");
             }
         }
+    }
+
+    /// Request drops in the record store, expired ones included.
+    fn drop_records(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .records()
+            .filter(|r| request_drop::is_drop_record(&r.value))
+            .count()
     }
 
     fn refused_drop(&mut self, from: PeerId, reason: &'static str) {
