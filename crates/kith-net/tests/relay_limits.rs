@@ -34,13 +34,14 @@ async fn reserving(relay: &Peer, key: DeviceKeypair) -> Peer {
     start(config, account).await
 }
 
-/// Waits until the relay has accepted or denied `count` reservation
-/// requests.
-async fn requests_answered(metrics: &Metrics, count: f64) {
+/// Waits until the relay has accepted or denied `count` requests of
+/// `kind` (`Reservation` or `Circuit`): its events are counted a moment
+/// after the client hears the answer.
+async fn answered(metrics: &Metrics, kind: &str, count: f64) {
+    let (accepted, denied) = (format!("{kind}ReqAccepted"), format!("{kind}ReqDenied"));
     metrics
-        .wait("reservation requests answered", |m| {
-            m.relay_events("ReservationReqAccepted") + m.relay_events("ReservationReqDenied")
-                >= count
+        .wait("relay requests answered", |m| {
+            m.relay_events(&accepted) + m.relay_events(&denied) >= count
         })
         .await;
 }
@@ -97,7 +98,7 @@ async fn reservations_over_the_per_peer_limit_are_denied() {
     for _ in 0..4 {
         clients.push(reserving(&node, key.clone()).await);
     }
-    requests_answered(&metrics, 4.0).await;
+    answered(&metrics, "Reservation", 4.0).await;
     let granted = count_reserved(&mut clients, &node).await;
     assert_eq!(metrics.relay_events("ReservationReqAccepted"), 2.0);
     assert!(metrics.relay_events("ReservationReqDenied") >= 2.0);
@@ -106,6 +107,11 @@ async fn reservations_over_the_per_peer_limit_are_denied() {
     // Another peer still gets one.
     let mut other = reserving(&node, DeviceKeypair::generate()).await;
     within(Duration::from_secs(15), reserved(&mut other, &node)).await;
+    metrics
+        .wait("the third reservation counted", |m| {
+            m.relay_events("ReservationReqAccepted") >= 3.0
+        })
+        .await;
     assert_eq!(metrics.relay_events("ReservationReqAccepted"), 3.0);
 }
 
@@ -120,7 +126,7 @@ async fn reservations_over_the_total_are_denied() {
     for _ in 0..5 {
         clients.push(reserving(&node, DeviceKeypair::generate()).await);
     }
-    requests_answered(&metrics, 5.0).await;
+    answered(&metrics, "Reservation", 5.0).await;
     let granted = count_reserved(&mut clients, &node).await;
     assert_eq!(metrics.relay_events("ReservationReqAccepted"), 3.0);
     assert!(metrics.relay_events("ReservationReqDenied") >= 2.0);
@@ -159,6 +165,7 @@ async fn circuits_over_the_per_peer_limit_are_denied() {
             opened += 1;
         }
     }
+    answered(&metrics, "Circuit", 4.0).await;
     assert_eq!(metrics.relay_events("CircuitReqAccepted"), 2.0);
     assert_eq!(metrics.relay_events("CircuitReqDenied"), 2.0);
     assert_eq!(opened, 2);
@@ -172,6 +179,7 @@ async fn circuits_over_the_per_peer_limit_are_denied() {
     )
     .await
     .expect("carol's circuit");
+    answered(&metrics, "Circuit", 5.0).await;
     assert_eq!(metrics.relay_events("CircuitReqAccepted"), 3.0);
 }
 
@@ -196,6 +204,7 @@ async fn echo_circuit(limits: RelayLimits) -> (Peer, Metrics, Peer, Peer) {
     bob.answer_requests(|data| Some(data.to_vec()));
     let alice = loner().await;
     echoed_through(&node, &alice, &bob, b"hello").await;
+    answered(&metrics, "Circuit", 1.0).await;
     assert_eq!(metrics.relay_events("CircuitReqAccepted"), 1.0);
     (node, metrics, alice, bob)
 }
@@ -288,5 +297,6 @@ async fn a_circuit_is_cut_at_its_lifetime() {
 
     // Asked again, Alice opens a new circuit.
     echoed_through(&node, &alice, &bob, b"again").await;
+    answered(&metrics, "Circuit", 2.0).await;
     assert_eq!(metrics.relay_events("CircuitReqAccepted"), 2.0);
 }
