@@ -68,7 +68,7 @@ pub struct RelayFile {
     pub max_circuits_per_peer: Option<usize>,
     /// Longest circuit, in seconds.
     pub max_circuit_duration_secs: Option<u64>,
-    /// Most bytes per circuit and direction.
+    /// Most bytes per circuit, both directions together.
     pub max_circuit_bytes: Option<u64>,
 }
 
