@@ -9,18 +9,16 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Device, eventually, start_nodes};
+use common::{Device, eventually, memory_node, start_nodes};
 use futures::StreamExt;
-use kith_core::engine::{self, Engine, Event, MAX_PENDING_REQUESTS};
-use kith_net::{Role, TransportKind};
+use kith_core::engine::{Event, MAX_PENDING_REQUESTS};
+use kith_net::Role;
 use kith_proto::presence::PresenceKeys;
 use kith_proto::request_drop::{DropEntry, drop_key};
 use kith_proto::wire::{ContactCard, DeviceCard, FriendRequest, Payload, Timestamp};
 use kith_proto::{AccountKeypair, DeviceKeypair, KithId, Nospam, envelope};
-use kith_store::{Backend, SledBackend, Store};
 
 /// Strangers in the flood.
 const FLOOD: usize = 1_000;
@@ -70,43 +68,24 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The victim: a real engine on a sled store in `dir`, reading its drop
-/// only when asked (so each batch is read exactly once).
-fn victim(dir: &Path, bootstrap: &[kith_net::Multiaddr]) -> (Engine, common::Events) {
-    let identity = kith_store::profile::Identity::generate();
-    let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir).unwrap());
-    let store = Store::open(backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
-    let mut net = kith_net::Config::new(identity.device.clone(), Role::Client);
-    net.transport = TransportKind::Memory;
-    net.listen = vec!["/memory/0".parse().unwrap()];
-    net.bootstrap = bootstrap.to_vec();
-    net.timers.kad_query_timeout = Duration::from_secs(10);
-    let mut config = engine::Config::new(identity, store, net);
-    config.display_name = "bob".into();
-    config.request_poll = Duration::from_secs(3600);
-    config.request_poll_expecting = Duration::from_secs(3600);
-    config.mailbox.fetch_every = Duration::from_secs(3600);
-    let (engine, events) = engine::start(config).unwrap();
-    (engine, Box::pin(events))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_friend_requests_is_held_to_a_bounded_list() {
     let (_nodes, bootstrap) = start_nodes(3).await;
     let dir = tempfile::tempdir().unwrap();
-    let (bob, mut bob_events) = victim(dir.path(), &bootstrap);
+    // Bob, the victim, on a sled store, reads his drop only when asked (so
+    // each batch is read exactly once).
+    let (bob, mut bob_events) =
+        Device::on_disk("bob", dir.path()).start_adjusted(&bootstrap, |config| {
+            config.request_poll = Duration::from_secs(3600);
+            config.request_poll_expecting = Duration::from_secs(3600);
+            config.mailbox.fetch_every = Duration::from_secs(3600);
+        });
     let bob_id = bob.status().await.unwrap().id;
     eventually(|| async { (bob.status().await.unwrap().connected > 0).then_some(()) }).await;
     let empty_disk = disk_bytes(dir.path());
 
     // The attacker: one network client writing into Bob's drop.
-    let mut config = kith_net::Config::new(DeviceKeypair::generate(), Role::Client);
-    config.transport = TransportKind::Memory;
-    config.listen = vec!["/memory/0".parse().unwrap()];
-    config.bootstrap = bootstrap.clone();
-    let (attacker, mut attacker_events, event_loop) = kith_net::new(config, None).unwrap();
-    tokio::spawn(event_loop.run());
-    tokio::spawn(async move { while attacker_events.next().await.is_some() {} });
+    let attacker = memory_node(Role::Client, &bootstrap);
     let key = drop_key(bob_id.account(), &bob_id.nospam());
 
     // Each batch expires a little later than the one before, so a drop

@@ -6,14 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Device, Events, befriend, start_nodes, wait_for};
+use common::{Device, Events, befriend, memory_node, start_nodes, wait_for};
 use futures::StreamExt;
 use kith_core::engine::Event;
 use kith_core::frame::{
     self, Ack, Item, MAX_ITEMS, SYNC_TAG, SyncRefusal, SyncRequest, SyncResponse,
 };
-use kith_net::{Role, TransportKind};
-use kith_proto::DeviceKeypair;
+use kith_net::Role;
 
 /// A small deterministic generator, so a failure can be replayed.
 struct Noise(u64);
@@ -127,13 +126,7 @@ async fn a_stranger_sending_junk_is_refused_and_the_chat_goes_on() {
         tokio::time::timeout(Duration::from_millis(300), bob_events.next()).await
     {}
 
-    let mut config = kith_net::Config::new(DeviceKeypair::generate(), Role::Client);
-    config.transport = TransportKind::Memory;
-    config.listen = vec!["/memory/0".parse().unwrap()];
-    config.bootstrap = bootstrap.clone();
-    let (stranger, mut stranger_events, event_loop) = kith_net::new(config, None).unwrap();
-    tokio::spawn(event_loop.run());
-    tokio::spawn(async move { while stranger_events.next().await.is_some() {} });
+    let stranger = memory_node(Role::Client, &bootstrap);
 
     let status = bob.status().await.unwrap();
     let (mut unanswered, mut refused) = (0, 0);

@@ -1,6 +1,7 @@
 //! Shared setup for the engine's in-process tests: DHT nodes (optionally
 //! mailbox volunteers) and user devices on libp2p's memory transport, with
-//! stores on the in-memory backend that outlive engine restarts.
+//! stores (in memory, or a sled folder) that outlive engine restarts, and
+//! bare network nodes for tests that speak the network directly.
 
 #![allow(dead_code)]
 
@@ -20,17 +21,25 @@ pub type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A bare network node of `role` on the memory transport, with a fresh
+/// key, joined through `bootstrap`; its events are drained. Also how tests
+/// play a stranger or an attacker that speaks the network directly.
+pub fn memory_node(role: Role, bootstrap: &[Multiaddr]) -> kith_net::Client {
+    let mut config = kith_net::Config::new(DeviceKeypair::generate(), role);
+    config.transport = TransportKind::Memory;
+    config.listen = vec!["/memory/0".parse().unwrap()];
+    config.bootstrap = bootstrap.to_vec();
+    let (client, mut events, event_loop) = kith_net::new(config, None).unwrap();
+    tokio::spawn(event_loop.run());
+    tokio::spawn(async move { while events.next().await.is_some() {} });
+    client
+}
+
 pub async fn start_nodes(n: usize) -> (Vec<kith_net::Client>, Vec<Multiaddr>) {
     let mut clients = Vec::new();
     let mut addrs: Vec<Multiaddr> = Vec::new();
     for _ in 0..n {
-        let mut config = kith_net::Config::new(DeviceKeypair::generate(), Role::Node);
-        config.transport = TransportKind::Memory;
-        config.listen = vec!["/memory/0".parse().unwrap()];
-        config.bootstrap = addrs.clone();
-        let (client, mut events, event_loop) = kith_net::new(config, None).unwrap();
-        tokio::spawn(event_loop.run());
-        tokio::spawn(async move { while events.next().await.is_some() {} });
+        let client = memory_node(Role::Node, &addrs);
         let addr = client.listen_addrs().await.unwrap()[0]
             .clone()
             .with(kith_net::Protocol::P2p(client.peer_id()));
@@ -43,7 +52,7 @@ pub async fn start_nodes(n: usize) -> (Vec<kith_net::Client>, Vec<Multiaddr>) {
 /// One user's device: its identity and store outlive engine restarts.
 pub struct Device {
     pub identity: Identity,
-    pub backend: Arc<MemoryBackend>,
+    pub backend: Arc<dyn Backend>,
     pub name: &'static str,
 }
 
@@ -52,6 +61,15 @@ impl Device {
         Self {
             identity: Identity::generate(),
             backend: Arc::new(MemoryBackend::new()),
+            name,
+        }
+    }
+
+    /// A device whose store is a real sled database in `dir`.
+    pub fn on_disk(name: &'static str, dir: &std::path::Path) -> Self {
+        Self {
+            identity: Identity::generate(),
+            backend: Arc::new(kith_store::SledBackend::open(dir).unwrap()),
             name,
         }
     }
@@ -92,8 +110,8 @@ impl Device {
         bootstrap: &[Multiaddr],
         adjust: impl FnOnce(&mut engine::Config),
     ) -> (Engine, Events) {
-        let backend: Arc<dyn Backend> = self.backend.clone();
-        let store = Store::open(backend, None, kith_core::SCHEMA_VERSION, &[]).unwrap();
+        let store =
+            Store::open(self.backend.clone(), None, kith_core::SCHEMA_VERSION, &[]).unwrap();
         let mut net = kith_net::Config::new(self.identity.device.clone(), Role::Client);
         net.transport = TransportKind::Memory;
         net.listen = vec!["/memory/0".parse().unwrap()];
