@@ -149,9 +149,17 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
     }
     alice_daemon.kill9()?;
     let _alice_daemon = alice.daemon()?;
+    let missing = std::cell::RefCell::new(Vec::new());
     eventually(LONG, "every accepted message at bob", || {
         let history = history(&bob, "Alice")?;
         let got = bodies(&history, "k");
+        missing.replace(
+            accepted
+                .iter()
+                .filter(|b| !got.contains(b))
+                .cloned()
+                .collect(),
+        );
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for body in &got {
             *counts.entry(body.as_str()).or_default() += 1;
@@ -164,6 +172,23 @@ fn alice_and_bob_become_friends_and_chat_through_restarts_and_a_crash() -> anyho
             .iter()
             .all(|b| counts.contains_key(b.as_str()))
             .then_some(()))
+    })
+    .with_context(|| {
+        // What Alice's side says of the missing ones.
+        let states: Vec<String> = history(&alice, "bob")
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| {
+                m["body"]
+                    .as_str()
+                    .is_some_and(|b| missing.borrow().iter().any(|x| x == b))
+            })
+            .map(|m| format!("{} {}", m["body"], m["state"]))
+            .collect();
+        format!(
+            "bob is missing {:?}; alice has {states:?}",
+            missing.borrow()
+        )
     })?;
     Ok(())
 }

@@ -7,6 +7,14 @@ use kith_gui::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Diagnostics only when asked for: `KITH_LOG=debug kith daemon`.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut stdout = std::io::stdout().lock();
     match run(&cli, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,

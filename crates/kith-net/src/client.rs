@@ -58,6 +58,10 @@ pub enum NetError {
     /// No presence record was found for the friend.
     #[error("no reachable device found for this friend")]
     NotFound,
+    /// No DHT node answered the lookup: this node is not on the network
+    /// (yet), so the lookup says nothing about whether the record exists.
+    #[error("no DHT node answered; not connected to the network yet")]
+    NoPeers,
     /// The DHT lookup failed.
     #[error("lookup failed: {0}")]
     Lookup(String),

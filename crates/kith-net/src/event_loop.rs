@@ -1492,6 +1492,12 @@ impl EventLoop {
                 Err(e) => Err(NetError::Lookup(e.to_string())),
             },
             None => match result {
+                // The peers listed are those that answered.
+                Err(kad::GetRecordError::NotFound { closest_peers, .. })
+                    if closest_peers.is_empty() =>
+                {
+                    Err(NetError::NoPeers)
+                }
                 Err(kad::GetRecordError::NotFound { .. }) | Ok(_) => Err(NetError::NotFound),
                 Err(e) => Err(NetError::Lookup(e.to_string())),
             },

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Peer, eventually, start_client, start_nodes, within};
-use kith_net::Event;
+use common::{Peer, eventually, memory_config, start, start_client, start_nodes, within};
+use kith_net::{Event, Role};
 use rand::seq::SliceRandom;
 
 /// Looks `target` up from `from` and connects to it.
@@ -144,18 +144,37 @@ async fn republishing_keeps_one_entry_per_device_with_the_newest_sequence() {
     .await;
 }
 
+/// What `peer` finds when it looks up an account nobody has published.
+async fn look_up_a_stranger(peer: &Peer) -> Result<Vec<kith_net::Device>, kith_net::NetError> {
+    let stranger =
+        kith_proto::presence::PresenceKeys::derive(&kith_proto::AccountKeypair::generate());
+    within(
+        Duration::from_secs(30),
+        peer.client.find_devices(&stranger.share()),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_for_someone_absent_says_not_found() {
     let nodes = start_nodes(3).await;
     let alice = start_client(vec![nodes[0].p2p_addr()]).await;
-    let stranger =
-        kith_proto::presence::PresenceKeys::derive(&kith_proto::AccountKeypair::generate());
-    let result = within(
-        Duration::from_secs(30),
-        alice.client.find_devices(&stranger.share()),
-    )
-    .await;
-    assert_eq!(result, Err(kith_net::NetError::NotFound));
+    assert_eq!(
+        look_up_a_stranger(&alice).await,
+        Err(kith_net::NetError::NotFound)
+    );
+}
+
+/// A device that knows no DHT node (just started, or offline) cannot tell
+/// an absent friend from an unreachable network, and says which it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_nobody_answers_says_so_rather_than_not_found() {
+    let (config, account) = memory_config(Role::Client, Vec::new());
+    let alone = start(config, account).await;
+    assert_eq!(
+        look_up_a_stranger(&alone).await,
+        Err(kith_net::NetError::NoPeers)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,10 +193,9 @@ async fn nodes_report_records_they_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_republished_on_its_timer_with_rising_sequence() {
     let nodes = start_nodes(2).await;
-    let (mut config, account) =
-        common::memory_config(kith_net::Role::Client, vec![nodes[0].p2p_addr()]);
+    let (mut config, account) = memory_config(Role::Client, vec![nodes[0].p2p_addr()]);
     config.timers.presence_republish = Duration::from_millis(300);
-    let mut alice = common::start(config, account).await;
+    let mut alice = start(config, account).await;
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let seq = alice
@@ -207,18 +225,17 @@ async fn a_client_redials_its_bootstrap_node_after_losing_it() {
     let addr: kith_net::Multiaddr = format!("/memory/{port}").parse().expect("addr");
     let key = kith_proto::DeviceKeypair::generate();
     let node_config = || {
-        let mut config = kith_net::Config::new(key.clone(), kith_net::Role::Node);
+        let mut config = kith_net::Config::new(key.clone(), Role::Node);
         config.transport = kith_net::TransportKind::Memory;
         config.listen = vec![addr.clone()];
         config
     };
-    let node = common::start(node_config(), None).await;
+    let node = start(node_config(), None).await;
     let node_id = node.peer_id();
-    let (mut config, account) =
-        common::memory_config(kith_net::Role::Client, vec![node.p2p_addr()]);
+    let (mut config, account) = memory_config(Role::Client, vec![node.p2p_addr()]);
     config.timers.reconnect_min = Duration::from_millis(100);
     config.timers.reconnect_max = Duration::from_millis(400);
-    let mut client = common::start(config, account).await;
+    let mut client = start(config, account).await;
     client
         .wait_event(|e| {
             matches!(e, Event::Connected { peer, .. } if *peer == node_id).then_some(())
@@ -239,7 +256,7 @@ async fn a_client_redials_its_bootstrap_node_after_losing_it() {
 
     // Let a few redials fail while it is down, then bring it back.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let restarted = common::start(node_config(), None).await;
+    let restarted = start(node_config(), None).await;
     assert_eq!(restarted.peer_id(), node_id);
     client
         .wait_event(|e| {
@@ -272,10 +289,9 @@ async fn friends_addresses_never_enter_the_shared_routing_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_friend_finds_the_prekeys_published_and_then_replaced() {
     let nodes = start_nodes(2).await;
-    let (mut config, account) =
-        common::memory_config(kith_net::Role::Client, vec![nodes[0].p2p_addr()]);
+    let (mut config, account) = memory_config(Role::Client, vec![nodes[0].p2p_addr()]);
     config.prekeys = vec![0x11; 96];
-    let alice = common::start(config, account).await;
+    let alice = start(config, account).await;
     let bob = start_client(vec![nodes[0].p2p_addr()]).await;
     let share = alice.share();
     let client = bob.client.clone();
@@ -315,7 +331,7 @@ async fn a_friend_finds_the_prekeys_published_and_then_replaced() {
             max: kith_proto::presence::MAX_PREKEY_BYTES
         })
     );
-    let (mut config, _) = common::memory_config(kith_net::Role::Client, Vec::new());
+    let (mut config, _) = memory_config(Role::Client, Vec::new());
     config.prekeys = vec![0; kith_proto::presence::MAX_PREKEY_BYTES + 1];
     assert!(matches!(
         kith_net::new(config, None),

@@ -66,6 +66,12 @@ const REQUEST_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 const POLL_RETRIES: u32 = 40;
 /// …this far apart, while the DHT is not reachable yet.
 const POLL_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// Delivery requests to a device that must fail in a row before its friend
+/// counts as unreachable (and is sent mail). One failure is often nothing:
+/// an address from before the device restarted, or a connection closed
+/// under the request as a relayed one gave way to a direct one; the retry
+/// looks the device up again.
+const FAILURES_BEFORE_MAIL: u32 = 2;
 /// Longest a shutdown waits for mail to the account's other devices.
 const PARTING_LIMIT: Duration = Duration::from_secs(8);
 /// Capacity of the channel finished network tasks report on.
@@ -138,6 +144,9 @@ struct Device {
     in_flight: bool,
     next_attempt: Instant,
     backoff: Duration,
+    /// Delivery requests to it that failed in a row; see
+    /// [`FAILURES_BEFORE_MAIL`].
+    failures: u32,
 }
 
 pub(super) struct Actor {
@@ -198,8 +207,9 @@ pub(super) struct Actor {
     /// Offline friends with new outbox items, and when to leave them as
     /// mail (a moment later, so a burst of sends makes one item).
     deposit_due: HashMap<[u8; 32], Instant>,
-    /// Outbox keys of sealed acceptances already left as mail (they stay
-    /// in the outbox until delivered directly too).
+    /// Outbox keys already left as mail that stay in the outbox until
+    /// delivered directly too: sealed acceptances, and items of a friend
+    /// who came back online while their deposit ran. Not mailed again.
     mailed: HashSet<Vec<u8>>,
     deposit_retry: HashMap<[u8; 32], (Instant, Duration)>,
     requests_depositing: HashSet<[u8; 32]>,
@@ -212,6 +222,9 @@ pub(super) struct Actor {
     mail_fetch_retries: u32,
     next_mail_fetch: Instant,
     last_mail_fetch_wall: SystemTime,
+    /// When a friend's device connecting last brought the mail fetch
+    /// forward (`mail.rs`, `fetch_on_connect`).
+    connect_fetch_at: Option<Instant>,
     /// The peers whose connections the network keeps open (friends'
     /// devices and our other devices), as last handed to it.
     kept_peers: HashSet<PeerId>,
@@ -395,6 +408,7 @@ impl Actor {
             mail_fetch_retries: 0,
             next_mail_fetch: Instant::now(),
             last_mail_fetch_wall: SystemTime::UNIX_EPOCH,
+            connect_fetch_at: None,
             kept_peers: HashSet::new(),
             typing_sent: None,
             keep_dirty: false,
@@ -503,6 +517,7 @@ impl Actor {
                     in_flight: false,
                     next_attempt: Instant::now(),
                     backoff: self.retry_min,
+                    failures: 0,
                 },
             );
         }
@@ -1629,18 +1644,21 @@ impl Actor {
                     self.sibling_connected(&peer);
                 }
                 if let Some(device) = self.devices.get_mut(&peer) {
+                    tracing::debug!(%peer, newly, "a friend's device is connected");
                     device.next_attempt = Instant::now();
                     device.backoff = self.retry_min;
                     let friend = device.friend;
                     self.friend_reachable(&friend);
                     if newly {
                         self.presence_changed(&friend, &peer, true);
+                        self.fetch_on_connect();
                     }
                 }
             }
             kith_net::Event::Disconnected { peer } => {
                 self.connected.remove(&peer);
                 if let Some(friend) = self.devices.get(&peer).map(|d| d.friend) {
+                    tracing::debug!(%peer, "a friend's device is disconnected");
                     self.presence_changed(&friend, &peer, false);
                 }
             }
@@ -1713,6 +1731,7 @@ impl Actor {
             acks.push(ack);
         }
         self.turn_seen = seen;
+        tracing::debug!(%peer, ?acks, "answering a delivery");
         // Only a friend's device has sessions to keep; the account changes
         // only when a new inbound session was accepted.
         if olm_used {
@@ -2272,6 +2291,7 @@ impl Actor {
         if let Some(device) = self.devices.get_mut(&peer) {
             device.in_flight = true;
         }
+        tracing::debug!(%peer, items = batch.len(), bytes, "delivering");
         let request = frame::encode_request(&batch);
         self.after_commit(move |actor, ok| {
             if !ok {
@@ -2406,6 +2426,9 @@ impl Actor {
                     }
                     None => Vec::new(),
                 };
+                // Nobody answered: we are not on the network (yet, just
+                // after start), which says nothing about the friend.
+                let cut_off = matches!(result, Err(NetError::NoPeers));
                 let found = result.unwrap_or_default();
                 let mut reached = false;
                 for peer in peers {
@@ -2439,6 +2462,8 @@ impl Actor {
                 }
                 if reached {
                     self.friend_reachable(&friend);
+                } else if cut_off {
+                    tracing::debug!("friend lookup found no DHT node to ask; trying again");
                 } else {
                     self.friend_unreachable(friend);
                 }
@@ -2498,11 +2523,21 @@ impl Actor {
         device.in_flight = false;
         let acks = match acks {
             Ok(acks) => acks,
-            Err(_) => {
+            Err(e) => {
+                device.failures = device.failures.saturating_add(1);
+                tracing::debug!(
+                    %peer,
+                    backoff = ?device.backoff,
+                    failures = device.failures,
+                    "delivery failed: {e}"
+                );
                 device.next_attempt = Instant::now() + jitter(device.backoff);
                 device.backoff = (device.backoff * 2).min(retry_max);
                 // Look the device up again: it may have moved.
                 device.addresses.clear();
+                if device.failures < FAILURES_BEFORE_MAIL {
+                    return;
+                }
                 let friend = device.friend;
                 // Unreachable only if no other device of theirs is here.
                 let others = self.friends.get(&friend).is_some_and(|f| {
@@ -2516,7 +2551,9 @@ impl Actor {
                 return;
             }
         };
+        tracing::debug!(%peer, ?acks, "delivery answered");
         device.backoff = retry_min;
+        device.failures = 0;
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut reset = false;
@@ -2537,6 +2574,7 @@ impl Actor {
                         ));
                     } else {
                         ops.extend(self.clear_acks(&item_key));
+                        self.mailed.remove(&item_key);
                         ops.push(records::delete(OUTBOX, item_key));
                         self.outbox_len = self.outbox_len.saturating_sub(1);
                     }

@@ -194,6 +194,7 @@ impl Actor {
                     in_flight: false,
                     next_attempt: std::time::Instant::now(),
                     backoff: self.retry_min,
+                    failures: 0,
                 },
             );
         }

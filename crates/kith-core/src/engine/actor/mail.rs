@@ -57,6 +57,11 @@ const DEPOSIT_RETRY_MAX: Duration = Duration::from_secs(600);
 const DEPOSIT_GATHER: Duration = Duration::from_millis(300);
 /// Deposit records topped up per round.
 const TOP_UP_BATCH: usize = 64;
+/// A friend's device that connects may have left mail for us while it
+/// could not reach us: the next fetch is brought forward to this soon…
+const CONNECT_FETCH_DELAY: Duration = Duration::from_secs(1);
+/// …but not more often than this.
+const FETCH_ON_CONNECT_EVERY: Duration = Duration::from_secs(10);
 /// A fetch that found no volunteer (routing table still empty) is retried
 /// this many times…
 const FETCH_RETRIES: u32 = 60;
@@ -119,6 +124,10 @@ impl Actor {
         if self.connected.is_empty() {
             return;
         }
+        tracing::debug!(
+            "friend {:02x?} unreachable: their messages go to mailbox volunteers",
+            &friend[..4]
+        );
         self.offline.insert(friend, Instant::now());
         self.start_deposit(friend);
     }
@@ -198,7 +207,7 @@ impl Actor {
                     &mut ops,
                     &mut events,
                 );
-            } else if !(matches!(item.body, OutboxBody::Sealed(_)) && self.mailed.contains(&key)) {
+            } else if !self.mailed.contains(&key) {
                 live.push((key, item));
             }
         }
@@ -275,6 +284,11 @@ impl Actor {
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut failed = None;
+        let back_online = self
+            .friends
+            .get(&friend)
+            .is_some_and(|f| f.devices.iter().any(|p| self.connected.contains(p)));
+        tracing::debug!(items = groups.len(), back_online, "deposit finished");
         for group in groups {
             let outcome = match group.outcome {
                 Ok(outcome) if !outcome.accepted.is_empty() => outcome,
@@ -293,7 +307,12 @@ impl Actor {
             };
             let holders = outcome.accepted.len();
             for key in group.keys {
-                if group.keep {
+                if group.keep || back_online {
+                    // An acceptance, or any item when the friend came back
+                    // while the deposit ran: it goes directly as well, so
+                    // it need not wait for their next mail fetch (the copy
+                    // in the mailbox is taken in once, by its ID). It is
+                    // not mailed again.
                     self.mailed.insert(key);
                 } else if matches!(self.store.get(OUTBOX, &key), Ok(Some(_))) {
                     // (Gone already if a direct delivery got there first.)
@@ -588,6 +607,23 @@ impl Actor {
             let key = records::friend_key(&self.store, &account);
             self.stage(vec![records::put(REQUEST_ITEMS, key, &digest)]);
         }
+    }
+
+    /// A friend's device has just connected. If they found us unreachable
+    /// a moment ago, what they sent waits with volunteers, and our timer
+    /// would fetch it only within 30 minutes: fetch shortly instead (once
+    /// per [`FETCH_ON_CONNECT_EVERY`]; a fetch under way is followed by
+    /// another).
+    pub(super) fn fetch_on_connect(&mut self) {
+        let now = Instant::now();
+        if self
+            .connect_fetch_at
+            .is_some_and(|at| now < at + FETCH_ON_CONNECT_EVERY)
+        {
+            return;
+        }
+        self.connect_fetch_at = Some(now);
+        self.next_mail_fetch = self.next_mail_fetch.min(now + CONNECT_FETCH_DELAY);
     }
 
     /// Fetches our own mail, unless a fetch is under way; waits for the
