@@ -1067,6 +1067,12 @@ impl Actor {
         Ok(())
     }
 
+    /// Whether a device of `friend`'s is connected (how the user sees them
+    /// online).
+    fn online(&self, friend: &Friend) -> bool {
+        friend.devices.iter().any(|p| self.connected.contains(p))
+    }
+
     fn friend_info(&self, account: &AccountPublicKey) -> Result<FriendInfo, EngineError> {
         let friend = self.friend(account)?;
         let unread = records::prefixed::<()>(&self.store, UNREAD, &friend.conversation, MAX_OUTBOX)
@@ -1081,7 +1087,7 @@ impl Actor {
             account: friend.account,
             id: friend.record.id,
             name: friend.record.name.clone(),
-            online: friend.devices.iter().any(|p| self.connected.contains(p)),
+            online: self.online(friend),
             unread,
             queued,
         })
@@ -2350,9 +2356,7 @@ impl Actor {
         ops: &mut Vec<Op>,
         events: &mut Vec<Event>,
     ) {
-        ops.extend(self.clear_acks(item_key));
-        ops.push(records::delete(OUTBOX, item_key.to_vec()));
-        self.outbox_len = self.outbox_len.saturating_sub(1);
+        self.remove_outbox_item(item_key.to_vec(), ops);
         if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend)) {
             let key = records::message_key(&friend.conversation, &id);
             // A message already delivered (its acknowledgement was lost)
@@ -2573,10 +2577,7 @@ impl Actor {
                             records::encode(&()),
                         ));
                     } else {
-                        ops.extend(self.clear_acks(&item_key));
-                        self.mailed.remove(&item_key);
-                        ops.push(records::delete(OUTBOX, item_key));
-                        self.outbox_len = self.outbox_len.saturating_sub(1);
+                        self.remove_outbox_item(item_key, &mut ops);
                     }
                     if let (Some(id), Some(friend)) = (item.message, self.friends.get(&item.friend))
                     {

@@ -92,12 +92,19 @@ impl Actor {
             if !self.others_waiting(friend, &item_key, &peer)
                 && matches!(self.store.get(OUTBOX, &item_key), Ok(Some(_)))
             {
-                ops.extend(self.clear_acks(&item_key));
-                ops.push(records::delete(OUTBOX, item_key));
-                self.outbox_len = self.outbox_len.saturating_sub(1);
+                self.remove_outbox_item(item_key, &mut ops);
             }
         }
         self.stage(ops);
+    }
+
+    /// Takes the item at `item_key` out of the outbox: the item, its
+    /// marks, and its `mailed` note.
+    pub(super) fn remove_outbox_item(&mut self, item_key: Vec<u8>, ops: &mut Vec<Op>) {
+        ops.extend(self.clear_acks(&item_key));
+        self.mailed.remove(&item_key);
+        ops.push(records::delete(OUTBOX, item_key));
+        self.outbox_len = self.outbox_len.saturating_sub(1);
     }
 
     /// Deletes the marks of the item at `item_key`.

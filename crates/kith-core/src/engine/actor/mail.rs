@@ -284,10 +284,7 @@ impl Actor {
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let mut failed = None;
-        let back_online = self
-            .friends
-            .get(&friend)
-            .is_some_and(|f| f.devices.iter().any(|p| self.connected.contains(p)));
+        let back_online = self.friends.get(&friend).is_some_and(|f| self.online(f));
         tracing::debug!(items = groups.len(), back_online, "deposit finished");
         for group in groups {
             let outcome = match group.outcome {
@@ -316,9 +313,7 @@ impl Actor {
                     self.mailed.insert(key);
                 } else if matches!(self.store.get(OUTBOX, &key), Ok(Some(_))) {
                     // (Gone already if a direct delivery got there first.)
-                    ops.extend(self.clear_acks(&key));
-                    ops.push(records::delete(OUTBOX, key));
-                    self.outbox_len = self.outbox_len.saturating_sub(1);
+                    self.remove_outbox_item(key, &mut ops);
                 }
             }
             let state = stored_state(holders, replicas);

@@ -590,9 +590,7 @@ impl Actor {
             records::prefixed::<OutboxItem>(&self.store, OUTBOX, &key, crate::engine::MAX_OUTBOX)
                 .map_err(store_error)?;
         for (item_key, _) in items {
-            ops.extend(self.clear_acks(&item_key));
-            ops.push(records::delete(OUTBOX, item_key));
-            self.outbox_len = self.outbox_len.saturating_sub(1);
+            self.remove_outbox_item(item_key, ops);
         }
         if let Some(friend) = self.friends.remove(&account.to_bytes()) {
             for peer in friend.devices {
