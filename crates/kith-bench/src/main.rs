@@ -88,11 +88,13 @@ enum Scenario {
     /// Resident memory of one idle client (`kith daemon`) and of one idle
     /// kithd, each in its own process, after a warm-up.
     Memory {
-        /// Seconds to let both settle before measuring.
-        #[arg(long, default_value_t = 20)]
+        /// Seconds to let both settle before measuring: past the minute
+        /// after which they give back their start-up pages, and the
+        /// half-minute in which idle running touches again what it uses.
+        #[arg(long, default_value_t = 90)]
         warmup: u64,
         /// Seconds to sample (once a second; the largest reading counts).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 60)]
         secs: u64,
         /// The kithd binary (default: the one beside kith-bench).
         #[arg(long, value_name = "PATH")]

@@ -5,9 +5,12 @@
 //! `kith` binary beside `kith-bench`, with a new identity in a temporary
 //! `KITH_HOME`, bootstrapping from it and listening on TCP and QUIC on
 //! 127.0.0.1 as a desktop client does on every interface. After
-//! `--warmup` seconds, by when the client has joined the DHT, published its
-//! presence, polled its request drop and fetched its mail, both processes'
-//! `VmRSS` is read once a second for `--secs` seconds. The largest reading
+//! `--warmup` seconds (90), by when the client has joined the DHT, published
+//! its presence, polled its request drop and fetched its mail, and both have
+//! given back their start-up pages (a minute after they started,
+//! `kith_process::STARTUP`) and run long enough to touch again what idle
+//! running uses, both processes' `VmRSS` is read once a second for `--secs`
+//! seconds (60). The largest reading
 //! of each is reported, split into anonymous memory (heap, stacks) and
 //! mapped files (mostly the binary's code, shared with any other process
 //! running it) as of the last reading, and each process's peak since it
