@@ -320,6 +320,7 @@ fn main() -> anyhow::Result<()> {
             for (who, memory) in [("client", result.client), ("kithd", result.kithd)] {
                 for (what, kb) in [
                     ("rss_kb", memory.rss_kb),
+                    ("rss_median_kb", memory.median_kb()),
                     ("rss_anon_kb", memory.anon_kb),
                     ("rss_file_kb", memory.file_kb),
                     ("peak_rss_kb", memory.peak_kb),

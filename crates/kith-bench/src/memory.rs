@@ -7,11 +7,11 @@
 //! 127.0.0.1 as a desktop client does on every interface. After
 //! `--warmup` seconds (90), by when the client has joined the DHT, published
 //! its presence, polled its request drop and fetched its mail, and both have
-//! given back their start-up pages (a minute after they started,
-//! `kith_process::STARTUP`) and run long enough to touch again what idle
-//! running uses, both processes' `VmRSS` is read once a second for `--secs`
-//! seconds (60). The largest reading
-//! of each is reported, split into anonymous memory (heap, stacks) and
+//! given back the pages of code only start-up used (a minute after they
+//! started, `kith_process::STARTUP`, then every five minutes) and run long
+//! enough to touch again what idle running uses, both processes' `VmRSS`
+//! is read once a second for `--secs` seconds (60). The largest reading
+//! and the median of each are reported, the RSS split into anonymous memory (heap, stacks) and
 //! mapped files (mostly the binary's code, shared with any other process
 //! running it) as of the last reading, and each process's peak since it
 //! started (`VmHWM`).
@@ -24,10 +24,12 @@ use anyhow::Context;
 use crate::proc::{KithDaemon, Kithd, peak_rss_kb, rss_kb, status_kb};
 
 /// Memory of one process, KiB.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ProcessMemory {
     /// Largest RSS over the sampling window.
     pub rss_kb: u64,
+    /// Every reading of the RSS, in order.
+    pub readings: Vec<u64>,
     /// Anonymous part of the RSS at the last reading.
     pub anon_kb: u64,
     /// File-backed part of the RSS at the last reading.
@@ -38,15 +40,24 @@ pub struct ProcessMemory {
 
 impl ProcessMemory {
     fn sample(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.rss_kb = self.rss_kb.max(rss_kb(pid)?);
+        let rss = rss_kb(pid)?;
+        self.rss_kb = self.rss_kb.max(rss);
+        self.readings.push(rss);
         self.anon_kb = status_kb(pid, "RssAnon")?;
         self.file_kb = status_kb(pid, "RssFile")?;
         Ok(())
     }
+
+    /// The median reading (0 without readings).
+    pub fn median_kb(&self) -> u64 {
+        let mut sorted = self.readings.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+    }
 }
 
 /// Results of the scenario.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MemoryResult {
     /// The `kith daemon`.
     pub client: ProcessMemory,

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    kith_process::release_after_startup();
+    kith_process::keep_releasing_pages();
     let mut stdout = std::io::stdout().lock();
     match run(&cli, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    kith_process::release_after_startup();
+    kith_process::keep_releasing_pages();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,19 +1,24 @@
 //! Housekeeping that Kith's long-running processes (`kith daemon`, the
 //! window, `kithd`) ask of the operating system beyond what the standard
-//! library offers. For now one thing: once start-up is over, giving back
-//! the pages of code and read-only data that start-up alone needed.
+//! library offers. For now one thing: giving back the pages of code and
+//! read-only data that start-up, or a round of periodic work, used and
+//! idle running does not.
 //!
 //! Start-up runs code that an idle node never runs again: the dynamic
 //! loader reads the binary's relocation table (1.1 MB in the `kith`
 //! binary), the profile is opened and decrypted, the command line parsed,
-//! the DHT joined. Each of those pages of the binary and its libraries
-//! stays mapped, and counts in the process's resident memory, for as long
-//! as the process runs. [`release_startup_pages`] tells the kernel to unmap
-//! every page of the program's and its libraries' read-only mappings; the
-//! pages an idle node does use come back at once, on first touch, from the
-//! page cache (a minor fault, no disk read), and only those. The binary is
-//! linked so that the code an idle client runs is packed together
-//! (`scripts/symbol-order`, BENCHMARKS.md "memory"), so those are few.
+//! the DHT joined. The engine's rounds (request drop, mail, presence, every
+//! half hour or hour) and a new connection's handshake run more. Each page
+//! of the binary and its libraries they touch stays mapped, and counts in
+//! the process's resident memory, until the kernel needs the memory back.
+//! [`release_file_pages`] tells the kernel to unmap every page of the
+//! program's and its libraries' read-only mappings at once; the pages idle
+//! running does use come back on first touch from the page cache (a minor
+//! fault, no disk read), and only those. [`keep_releasing_pages`] does it
+//! a minute after start and every five minutes after. The `kith` binary of
+//! the packages is linked with the code an idle client runs packed
+//! together (`scripts/build-ordered`, BENCHMARKS.md "memory"), so those
+//! pages are few.
 //!
 //! Only mappings the kernel reports as read-only, backed by a loaded ELF
 //! object (a file this process also maps executable), and holding no
@@ -36,7 +41,15 @@ use std::time::Duration;
 /// drop and fetched its mail, and a `kithd` has joined the DHT.
 pub const STARTUP: Duration = Duration::from_secs(60);
 
-/// What [`release_startup_pages`] gave back.
+/// How often, after [`STARTUP`], pages are given back again: what the
+/// engine's half-hourly and hourly rounds (request drop, mail, presence,
+/// DHT refresh) and the odd new connection ran stays resident until then,
+/// not for the life of the process. Each release costs a few dozen page
+/// faults as idle running touches its own code again: well under a
+/// millisecond.
+pub const RELEASE_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// What [`release_file_pages`] gave back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Released {
     /// Mappings released.
@@ -63,35 +76,42 @@ pub enum ReleaseError {
     },
 }
 
-/// What a Kith process calls once `main` has set up logging: after
-/// [`STARTUP`], on a thread of its own that then ends, releases the
-/// start-up pages ([`release_startup_pages`]) and logs what it gave back.
-/// A process that ends sooner (a one-off command) loses nothing.
-pub fn release_after_startup() {
+/// What a Kith process calls once `main` has set up logging: on a thread
+/// of its own, asleep in between, releases the pages of its program and
+/// libraries ([`release_file_pages`]) after [`STARTUP`] and again every
+/// [`RELEASE_EVERY`], logging what it gave back. A process that ends
+/// sooner (a one-off command) loses nothing.
+pub fn keep_releasing_pages() {
     let spawned = std::thread::Builder::new()
         .name("kith-release".into())
         .stack_size(64 * 1024)
         .spawn(|| {
             std::thread::sleep(STARTUP);
-            match release_startup_pages() {
-                Ok(released) => tracing::debug!(
-                    mappings = released.mappings,
-                    resident_bytes = released.resident_bytes,
-                    "released the start-up pages"
-                ),
-                Err(error) => tracing::warn!(%error, "could not release the start-up pages"),
+            loop {
+                match release_file_pages() {
+                    Ok(released) => tracing::debug!(
+                        mappings = released.mappings,
+                        resident_bytes = released.resident_bytes,
+                        "released the program's pages"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot release the program's pages; not trying again");
+                        return;
+                    }
+                }
+                std::thread::sleep(RELEASE_EVERY);
             }
         });
     if let Err(error) = spawned {
-        tracing::warn!(%error, "could not start the thread that releases the start-up pages");
+        tracing::warn!(%error, "could not start the thread that releases the program's pages");
     }
 }
 
 /// Unmaps every page of this process's read-only, unmodified mappings of
 /// its program and libraries (see the crate's documentation), so that
-/// only the pages used from now on are resident. Call it once start-up is
-/// over; it is safe to call at any time, from any thread.
-pub fn release_startup_pages() -> Result<Released, ReleaseError> {
+/// only the pages used from now on are resident. Safe to call at any
+/// time, from any thread.
+pub fn release_file_pages() -> Result<Released, ReleaseError> {
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     {
         let smaps = std::fs::read_to_string("/proc/self/smaps").map_err(ReleaseError::Smaps)?;

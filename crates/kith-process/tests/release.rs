@@ -91,7 +91,7 @@ fn start_up_pages_leave_and_read_back_the_same() {
     let anonymous = binary_anonymous_kb();
     assert!(anonymous > 0, "the loader wrote some of the binary's pages");
 
-    let released = kith_process::release_startup_pages().expect("release");
+    let released = kith_process::release_file_pages().expect("release");
     assert!(released.mappings >= 2, "{released:?}");
     assert!(
         released.resident_bytes >= 255 * PAGE,
