@@ -1310,9 +1310,17 @@ impl Actor {
             }
             ops.push(records::delete(UNREAD, key));
         }
-        if count > 0
-            && let Some(upto) = self.newest_position(&conversation)
-        {
+        // The marker is the newest message the user has just read, not
+        // the newest in the conversation: a friend's message sent before
+        // it reached them may sort before this account's latest one, and
+        // must stay unread on the other devices as it does here.
+        let history = History::new(&self.store);
+        let newest_read = ids
+            .iter()
+            .filter_map(|id| history.get(&conversation, *id).ok().flatten())
+            .map(|stored| kith_sync::Position::of(&stored.message))
+            .max();
+        if let Some(upto) = newest_read {
             ops.extend(self.record(kith_sync::OpKind::ReadUpTo {
                 friend: friend.to_bytes(),
                 upto,

@@ -660,17 +660,6 @@ impl Actor {
         }
     }
 
-    /// The position of the newest message in a conversation, for a read
-    /// marker.
-    pub(super) fn newest_position(&self, conversation: &[u8; 16]) -> Option<Position> {
-        History::new(&self.store)
-            .page(conversation, None, 1)
-            .ok()?
-            .messages
-            .last()
-            .map(|m| Position::of(&m.message))
-    }
-
     fn adopt_nospam(&mut self, nospam: kith_proto::Nospam, events: &mut Vec<Event>) {
         if self.identity.nospam == nospam {
             return;
