@@ -319,13 +319,13 @@ fn main() -> anyhow::Result<()> {
             ))?;
             for (who, memory) in [("client", result.client), ("kithd", result.kithd)] {
                 for (what, kb) in [
-                    ("rss_kb", memory.rss_kb),
+                    ("rss_kb", memory.max_kb()),
                     ("rss_median_kb", memory.median_kb()),
-                    ("rss_anon_kb", memory.anon_kb),
-                    ("rss_file_kb", memory.file_kb),
-                    ("peak_rss_kb", memory.peak_kb),
+                    ("rss_anon_kb", memory.anon_kb as f64),
+                    ("rss_file_kb", memory.file_kb as f64),
+                    ("peak_rss_kb", memory.peak_kb as f64),
                 ] {
-                    emit(&mut out, "memory", &format!("{who}_{what}"), kb as f64)?;
+                    emit(&mut out, "memory", &format!("{who}_{what}"), kb)?;
                 }
             }
             emit(&mut out, "memory", "runs", 1.0)?;

@@ -11,25 +11,24 @@
 //! started, `kith_process::STARTUP`, then every five minutes) and run long
 //! enough to touch again what idle running uses, both processes' `VmRSS`
 //! is read once a second for `--secs` seconds (60). The largest reading
-//! and the median of each are reported, the RSS split into anonymous memory (heap, stacks) and
-//! mapped files (mostly the binary's code, shared with any other process
-//! running it) as of the last reading, and each process's peak since it
-//! started (`VmHWM`).
+//! and the median of each are reported, the RSS split into anonymous
+//! memory (heap, stacks) and mapped files (mostly the binary's code,
+//! shared with any other process running it) as of the last reading, and
+//! each process's peak since it started (`VmHWM`).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::percentile;
 use crate::proc::{KithDaemon, Kithd, peak_rss_kb, rss_kb, status_kb};
 
 /// Memory of one process, KiB.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessMemory {
-    /// Largest RSS over the sampling window.
-    pub rss_kb: u64,
-    /// Every reading of the RSS, in order.
-    pub readings: Vec<u64>,
+    /// Every reading of the RSS over the sampling window, in order.
+    pub readings: Vec<f64>,
     /// Anonymous part of the RSS at the last reading.
     pub anon_kb: u64,
     /// File-backed part of the RSS at the last reading.
@@ -40,19 +39,20 @@ pub struct ProcessMemory {
 
 impl ProcessMemory {
     fn sample(&mut self, pid: u32) -> anyhow::Result<()> {
-        let rss = rss_kb(pid)?;
-        self.rss_kb = self.rss_kb.max(rss);
-        self.readings.push(rss);
+        self.readings.push(rss_kb(pid)? as f64);
         self.anon_kb = status_kb(pid, "RssAnon")?;
         self.file_kb = status_kb(pid, "RssFile")?;
         Ok(())
     }
 
+    /// The largest reading (0 without readings).
+    pub fn max_kb(&self) -> f64 {
+        percentile(&self.readings, 100.0).unwrap_or(0.0)
+    }
+
     /// The median reading (0 without readings).
-    pub fn median_kb(&self) -> u64 {
-        let mut sorted = self.readings.clone();
-        sorted.sort_unstable();
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+    pub fn median_kb(&self) -> f64 {
+        percentile(&self.readings, 50.0).unwrap_or(0.0)
     }
 }
 
