@@ -8,8 +8,9 @@
 //! `--warmup` seconds (90), by when the client has joined the DHT, published
 //! its presence, polled its request drop and fetched its mail, and both have
 //! given back the pages of code only start-up used (a minute after they
-//! started, `kith_process::STARTUP`, then every five minutes) and run long
-//! enough to touch again what idle running uses, both processes' `VmRSS`
+//! started, `kith_process::STARTUP`; again after any later burst of work,
+//! `kith_process::ReleasePolicy`) and run long enough to touch again what
+//! idle running uses, both processes' `VmRSS`
 //! is read once a second for `--secs` seconds (60). The largest reading
 //! and the median of each are reported, the RSS split into anonymous
 //! memory (heap, stacks) and mapped files (mostly the binary's code,

@@ -15,7 +15,9 @@
 //! program's and its libraries' read-only mappings at once; the pages idle
 //! running does use come back on first touch from the page cache (a minor
 //! fault, no disk read), and only those. [`keep_releasing_pages`] does it
-//! a minute after start and every five minutes after. The `kith` binary of
+//! a minute after start, and again within a minute of any burst of work
+//! that leaves a megabyte or more of such pages behind (a peer's handshake,
+//! a periodic round; see [`ReleasePolicy`]). The `kith` binary of
 //! the packages is linked with the code an idle client runs packed
 //! together (`scripts/build-ordered`, BENCHMARKS.md "memory"), so those
 //! pages are few.
@@ -34,20 +36,68 @@
     allow(unsafe_code)
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long after it starts a process counts as starting up: by then a
 /// client has joined the DHT, published its presence, polled its request
 /// drop and fetched its mail, and a `kithd` has joined the DHT.
 pub const STARTUP: Duration = Duration::from_secs(60);
 
-/// How often, after [`STARTUP`], pages are given back again: what the
-/// engine's half-hourly and hourly rounds (request drop, mail, presence,
-/// DHT refresh) and the odd new connection ran stays resident until then,
-/// not for the life of the process. Each release costs a few dozen page
-/// faults as idle running touches its own code again: well under a
-/// millisecond.
-pub const RELEASE_EVERY: Duration = Duration::from_secs(5 * 60);
+/// How often the release thread reads how much of the process's
+/// resident memory is mapped files (`/proc/self/statm`, a few
+/// microseconds) to decide whether to release again.
+pub const CHECK_EVERY: Duration = Duration::from_secs(20);
+
+/// How long after a release the thread waits before it takes the
+/// process's idle level of mapped-file pages: long enough for idle running
+/// (timers, the request-drop poll every minute) to have touched its own
+/// code again, and the shortest time between two releases.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// How far the process's resident mapped-file pages may grow past their
+/// idle level before they are released again. A new connection's handshake
+/// (TCP or QUIC, with TLS), a round of the engine's periodic work or a
+/// burst of use of the window each pull in one to several MiB of code that
+/// idle running does not use again; 1 MiB is well below those and well
+/// above what an idle process touches between two checks.
+pub const GROWTH_BYTES: u64 = 1 << 20;
+
+/// When to release: fed each reading of the resident mapped-file bytes,
+/// it answers whether the pages should be given back now. After a release
+/// it waits [`SETTLE`], takes the next reading as the idle level, and then
+/// asks for a release as soon as a reading exceeds that level by more than
+/// [`GROWTH_BYTES`]. So pages pulled in by a burst of work are given back
+/// within a [`CHECK_EVERY`] or two of the burst, and an idle process that
+/// stays idle is never disturbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleasePolicy {
+    /// Released at this instant; the idle level is not known yet.
+    Settling(Instant),
+    /// The idle level, in bytes, taken [`SETTLE`] after the last release.
+    Watching(u64),
+}
+
+impl ReleasePolicy {
+    /// The state just after a release at `now`.
+    pub fn released(now: Instant) -> Self {
+        Self::Settling(now)
+    }
+
+    /// Takes a reading of `file_bytes` made at `now`; true when the pages
+    /// should be released (the caller then releases and starts again from
+    /// [`ReleasePolicy::released`]).
+    pub fn should_release(&mut self, now: Instant, file_bytes: u64) -> bool {
+        match *self {
+            Self::Settling(at) => {
+                if now.saturating_duration_since(at) >= SETTLE {
+                    *self = Self::Watching(file_bytes);
+                }
+                false
+            }
+            Self::Watching(idle) => file_bytes > idle.saturating_add(GROWTH_BYTES),
+        }
+    }
+}
 
 /// What [`release_file_pages`] gave back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,6 +115,9 @@ pub enum ReleaseError {
     /// `/proc/self/smaps` could not be read.
     #[error("cannot read /proc/self/smaps: {0}")]
     Smaps(std::io::Error),
+    /// `/proc/self/statm` could not be read or made no sense.
+    #[error("cannot read /proc/self/statm: {0}")]
+    Statm(std::io::Error),
     /// The kernel refused to release a mapping; those before it were
     /// released.
     #[error("madvise on {path} refused: {error}")]
@@ -78,9 +131,10 @@ pub enum ReleaseError {
 
 /// What a Kith process calls once `main` has set up logging: on a thread
 /// of its own, asleep in between, releases the pages of its program and
-/// libraries ([`release_file_pages`]) after [`STARTUP`] and again every
-/// [`RELEASE_EVERY`], logging what it gave back. A process that ends
-/// sooner (a one-off command) loses nothing.
+/// libraries ([`release_file_pages`]) after [`STARTUP`], and again
+/// whenever [`ReleasePolicy`] finds they have grown well past their idle
+/// level, logging what it gave back. A process that ends sooner (a
+/// one-off command) loses nothing.
 pub fn keep_releasing_pages() {
     let spawned = std::thread::Builder::new()
         .name("kith-release".into())
@@ -99,11 +153,43 @@ pub fn keep_releasing_pages() {
                         return;
                     }
                 }
-                std::thread::sleep(RELEASE_EVERY);
+                let mut policy = ReleasePolicy::released(Instant::now());
+                loop {
+                    std::thread::sleep(CHECK_EVERY);
+                    match resident_file_bytes() {
+                        Ok(bytes) if policy.should_release(Instant::now(), bytes) => break,
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot read the process's resident memory; not releasing pages again");
+                            return;
+                        }
+                    }
+                }
             }
         });
     if let Err(error) = spawned {
         tracing::warn!(%error, "could not start the thread that releases the program's pages");
+    }
+}
+
+/// Bytes of this process's resident memory that are mapped files (and
+/// shared memory): the third figure of `/proc/self/statm`. 0 on other
+/// systems than 64-bit Linux.
+pub fn resident_file_bytes() -> Result<u64, ReleaseError> {
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    {
+        let statm = std::fs::read_to_string("/proc/self/statm").map_err(ReleaseError::Statm)?;
+        let pages = linux::shared_pages(&statm).ok_or_else(|| {
+            ReleaseError::Statm(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected contents {statm:?}"),
+            ))
+        })?;
+        Ok(pages.saturating_mul(linux::page_size()))
+    }
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    {
+        Ok(0)
     }
 }
 
@@ -216,6 +302,18 @@ mod linux {
             .collect()
     }
 
+    /// The resident pages that are mapped files or shared memory: the
+    /// third of `statm`'s counts (size, resident, shared, ...).
+    pub(super) fn shared_pages(statm: &str) -> Option<u64> {
+        statm.split_whitespace().nth(2)?.parse().ok()
+    }
+
+    pub(super) fn page_size() -> u64 {
+        // SAFETY: sysconf only reads a configuration value.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).unwrap_or(4096)
+    }
+
     pub(super) fn release(mapping: &Mapping<'_>) -> std::io::Result<()> {
         // SAFETY: the range is one whole mapping of a file, read-only and
         // with no anonymous page (checked by `releasable`): every byte in
@@ -279,6 +377,14 @@ Locked:                0 kB
 ";
 
         #[test]
+        fn statm_gives_the_shared_count() {
+            assert_eq!(shared_pages("5000 1900 820 3000 0 900 0\n"), Some(820));
+            assert_eq!(shared_pages("5000 1900"), None);
+            assert_eq!(shared_pages("5000 1900 many 3000"), None);
+            assert!(page_size() >= 4096);
+        }
+
+        #[test]
         fn only_clean_read_only_mappings_of_loaded_objects_are_released() {
             let mappings = parse(SMAPS);
             assert_eq!(mappings.len(), 9);
@@ -298,6 +404,48 @@ Locked:                0 kB
                 "not the relocated or writable data, not a font, not locked pages, \
                  not a mapping whose Anonymous count is missing, not the vDSO"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_idle_level_is_taken_once_the_process_has_settled() {
+        let start = Instant::now();
+        let mut policy = ReleasePolicy::released(start);
+        // Refaults right after a release never trigger one, however large.
+        assert!(!policy.should_release(start + CHECK_EVERY, 40 * MIB));
+        assert_eq!(policy, ReleasePolicy::Settling(start));
+        assert!(!policy.should_release(start + SETTLE, 3 * MIB));
+        assert_eq!(policy, ReleasePolicy::Watching(3 * MIB));
+    }
+
+    #[test]
+    fn growth_past_the_idle_level_asks_for_a_release() {
+        let start = Instant::now();
+        let mut policy = ReleasePolicy::Watching(3 * MIB);
+        assert!(!policy.should_release(start, 3 * MIB + GROWTH_BYTES));
+        assert!(!policy.should_release(start, 2 * MIB), "shrinking is fine");
+        assert!(policy.should_release(start, 3 * MIB + GROWTH_BYTES + 4096));
+        assert!(policy.should_release(start, u64::MAX));
+        // The idle level stays until the caller starts again after releasing.
+        assert_eq!(policy, ReleasePolicy::Watching(3 * MIB));
+        let mut policy = ReleasePolicy::Watching(u64::MAX);
+        assert!(!policy.should_release(start, u64::MAX));
+    }
+
+    #[test]
+    fn this_process_has_mapped_file_pages() {
+        let bytes = resident_file_bytes().expect("statm");
+        if cfg!(all(target_os = "linux", target_pointer_width = "64")) {
+            // At least the test binary's own code being run.
+            assert!(bytes >= 4096, "{bytes}");
+            assert_eq!(bytes % 4096, 0);
         }
     }
 }
