@@ -62,6 +62,17 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl Cli {
+    /// Whether the command keeps running until the user stops it (the
+    /// window, `daemon`, `chat`), rather than doing one thing and exiting.
+    pub fn runs_until_stopped(&self) -> bool {
+        matches!(
+            self.command,
+            None | Some(Command::Daemon { .. } | Command::Chat { .. })
+        )
+    }
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -620,6 +631,26 @@ mod tests {
                 yes: false
             }))
         ));
+    }
+
+    #[test]
+    fn only_the_window_daemon_and_chat_run_until_stopped() {
+        for args in [
+            &[][..],
+            &["daemon"],
+            &["daemon", "--volunteer"],
+            &["chat", "bob"],
+        ] {
+            assert!(parse(args).unwrap().runs_until_stopped(), "{args:?}");
+        }
+        for args in [
+            &["id", "show"][..],
+            &["friends"],
+            &["send", "bob", "hi"],
+            &["status"],
+        ] {
+            assert!(!parse(args).unwrap().runs_until_stopped(), "{args:?}");
+        }
     }
 
     #[test]

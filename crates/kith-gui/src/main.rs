@@ -15,7 +15,11 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    kith_process::keep_releasing_pages();
+    // Only a process that stays gives back its start-up pages; a one-off
+    // command exits long before the first release.
+    if cli.runs_until_stopped() {
+        kith_process::keep_releasing_pages();
+    }
     let mut stdout = std::io::stdout().lock();
     match run(&cli, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
