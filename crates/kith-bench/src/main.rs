@@ -324,6 +324,11 @@ fn main() -> anyhow::Result<()> {
                     ("rss_anon_kb", memory.anon_kb as f64),
                     ("rss_file_kb", memory.file_kb as f64),
                     ("peak_rss_kb", memory.peak_kb as f64),
+                    ("rss_readings", memory.readings.len() as f64),
+                    (
+                        "rss_readings_over_10mb",
+                        memory.readings_over_target() as f64,
+                    ),
                 ] {
                     emit(&mut out, "memory", &format!("{who}_{what}"), kb)?;
                 }

@@ -11,11 +11,12 @@
 //! started, `kith_process::STARTUP`; again after any later burst of work,
 //! `kith_process::ReleasePolicy`) and run long enough to touch again what
 //! idle running uses, both processes' `VmRSS`
-//! is read once a second for `--secs` seconds (60). The largest reading
-//! and the median of each are reported, the RSS split into anonymous
-//! memory (heap, stacks) and mapped files (mostly the binary's code,
-//! shared with any other process running it) as of the last reading, and
-//! each process's peak since it started (`VmHWM`).
+//! is read once a second for `--secs` seconds (60). The largest reading,
+//! the median and how many readings were over 10 MB (10,240 KiB, the
+//! client's target) are reported for each, the largest reading split into
+//! anonymous memory (heap, stacks) and mapped files (mostly the binary's
+//! code, shared with any other process running it), and each process's
+//! peak since it started (`VmHWM`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,14 +26,18 @@ use anyhow::Context;
 use crate::percentile;
 use crate::proc::{KithDaemon, Kithd, peak_rss_kb, rss_kb, status_kb};
 
+/// The client's target, KiB (issue 9: an idle client under 10 MB).
+pub const TARGET_KB: f64 = 10.0 * 1024.0;
+
 /// Memory of one process, KiB.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessMemory {
     /// Every reading of the RSS over the sampling window, in order.
     pub readings: Vec<f64>,
-    /// Anonymous part of the RSS at the last reading.
+    /// Anonymous part of the RSS at the largest reading (the first of
+    /// equal ones).
     pub anon_kb: u64,
-    /// File-backed part of the RSS at the last reading.
+    /// File-backed part of the RSS at the largest reading.
     pub file_kb: u64,
     /// Peak RSS since the process started.
     pub peak_kb: u64,
@@ -40,10 +45,22 @@ pub struct ProcessMemory {
 
 impl ProcessMemory {
     fn sample(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.readings.push(rss_kb(pid)? as f64);
-        self.anon_kb = status_kb(pid, "RssAnon")?;
-        self.file_kb = status_kb(pid, "RssFile")?;
+        let rss = rss_kb(pid)? as f64;
+        self.record(rss, status_kb(pid, "RssAnon")?, status_kb(pid, "RssFile")?);
         Ok(())
+    }
+
+    fn record(&mut self, rss_kb: f64, anon_kb: u64, file_kb: u64) {
+        if self.readings.iter().all(|&earlier| rss_kb > earlier) {
+            self.anon_kb = anon_kb;
+            self.file_kb = file_kb;
+        }
+        self.readings.push(rss_kb);
+    }
+
+    /// How many readings were over [`TARGET_KB`].
+    pub fn readings_over_target(&self) -> usize {
+        self.readings.iter().filter(|&&kb| kb > TARGET_KB).count()
     }
 
     /// The largest reading (0 without readings).
@@ -91,4 +108,27 @@ pub async fn run(
     result.client.peak_kb = peak_rss_kb(client.pid())?;
     result.kithd.peak_kb = peak_rss_kb(node.pid())?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_is_the_largest_readings_and_readings_over_10_mb_are_counted() {
+        let mut memory = ProcessMemory::default();
+        for (rss, anon, file) in [
+            (8_000.0, 3_000, 5_000),
+            (10_300.0, 3_100, 7_200),
+            (10_300.0, 3_300, 7_000),
+            (9_000.0, 3_200, 5_800),
+            (10_241.0, 3_000, 7_241),
+        ] {
+            memory.record(rss, anon, file);
+        }
+        assert_eq!((memory.anon_kb, memory.file_kb), (3_100, 7_200));
+        assert_eq!(memory.max_kb(), 10_300.0);
+        assert_eq!(memory.median_kb(), 10_241.0);
+        assert_eq!(memory.readings_over_target(), 3);
+    }
 }

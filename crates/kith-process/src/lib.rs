@@ -1,8 +1,8 @@
 //! Housekeeping that Kith's long-running processes (`kith daemon`, the
 //! window, `kithd`) ask of the operating system beyond what the standard
-//! library offers. For now one thing: giving back the pages of code and
-//! read-only data that start-up, or a round of periodic work, used and
-//! idle running does not.
+//! library offers: giving back the pages of code and read-only data that
+//! start-up, or a round of periodic work, used and idle running does not,
+//! and the heap memory such work freed ([`trim_heap`]).
 //!
 //! Start-up runs code that an idle node never runs again: the dynamic
 //! loader reads the binary's relocation table (1.1 MB in the `kith`
@@ -14,13 +14,13 @@
 //! [`release_file_pages`] tells the kernel to unmap every page of the
 //! program's and its libraries' read-only mappings at once; the pages idle
 //! running does use come back on first touch from the page cache (a minor
-//! fault, no disk read), and only those. [`keep_releasing_pages`] does it
-//! a minute after start, and again within a minute of any burst of work
-//! that leaves a megabyte or more of such pages behind (a peer's handshake,
-//! a periodic round; see [`ReleasePolicy`]). The `kith` binary of
-//! the packages is linked with the code an idle client runs packed
-//! together (`scripts/build-ordered`, BENCHMARKS.md "memory"), so those
-//! pages are few.
+//! fault, no disk read), and only those. [`keep_releasing_pages`] does it,
+//! and trims the heap, a minute after start, and again within seconds of
+//! any burst of work that leaves half a megabyte or more of such pages
+//! behind (a peer's handshake, a periodic round; see [`ReleasePolicy`]).
+//! The `kith` binary of the packages is linked with the code an idle
+//! client runs packed together (`scripts/build-ordered`, BENCHMARKS.md
+//! "memory"), so those pages are few.
 //!
 //! Only mappings the kernel reports as read-only, backed by a loaded ELF
 //! object (a file this process also maps executable), and holding no
@@ -46,7 +46,7 @@ pub const STARTUP: Duration = Duration::from_secs(60);
 /// How often the release thread reads how much of the process's
 /// resident memory is mapped files (`/proc/self/statm`, a few
 /// microseconds) to decide whether to release again.
-pub const CHECK_EVERY: Duration = Duration::from_secs(20);
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// How long after a release the thread waits before it takes the
 /// process's idle level of mapped-file pages: long enough for idle running
@@ -58,9 +58,11 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 /// idle level before they are released again. A new connection's handshake
 /// (TCP or QUIC, with TLS), a round of the engine's periodic work or a
 /// burst of use of the window each pull in one to several MiB of code that
-/// idle running does not use again; 1 MiB is well below those and well
-/// above what an idle process touches between two checks.
-pub const GROWTH_BYTES: u64 = 1 << 20;
+/// idle running does not use again; 512 KiB is well below those and above
+/// what an idle process touches between two checks. It is also what an
+/// idle process may hold above its idle level for good, so it is kept
+/// small: a release costs under 20 ms of CPU.
+pub const GROWTH_BYTES: u64 = 512 << 10;
 
 /// When to release: fed each reading of the resident mapped-file bytes,
 /// it answers whether the pages should be given back now. After a release
@@ -97,6 +99,16 @@ impl ReleasePolicy {
             Self::Watching(idle) => file_bytes > idle.saturating_add(GROWTH_BYTES),
         }
     }
+}
+
+/// What [`trim_heap`] gave back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Whether the C library unmapped any free memory.
+    pub unmapped: bool,
+    /// How far the process's anonymous resident memory fell meanwhile
+    /// (other threads allocate too, so this is an estimate; 0 if it rose).
+    pub anon_bytes: u64,
 }
 
 /// What [`release_file_pages`] gave back.
@@ -142,11 +154,13 @@ pub fn keep_releasing_pages() {
         .spawn(|| {
             std::thread::sleep(STARTUP);
             loop {
-                match release_file_pages() {
-                    Ok(released) => tracing::debug!(
+                match release_file_pages().and_then(|released| Ok((released, trim_heap()?))) {
+                    Ok((released, trimmed)) => tracing::debug!(
                         mappings = released.mappings,
                         resident_bytes = released.resident_bytes,
-                        "released the program's pages"
+                        heap_unmapped = trimmed.unmapped,
+                        heap_bytes = trimmed.anon_bytes,
+                        "released the program's pages and free heap memory"
                     ),
                     Err(error) => {
                         tracing::warn!(%error, "cannot release the program's pages; not trying again");
@@ -176,21 +190,58 @@ pub fn keep_releasing_pages() {
 /// shared memory): the third figure of `/proc/self/statm`. 0 on other
 /// systems than 64-bit Linux.
 pub fn resident_file_bytes() -> Result<u64, ReleaseError> {
+    Ok(resident_bytes()?.file)
+}
+
+/// This process's resident memory, in bytes, from `/proc/self/statm`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Resident {
+    /// Mapped files and shared memory.
+    file: u64,
+    /// The rest: heap, stacks, copied-on-write pages.
+    anon: u64,
+}
+
+fn resident_bytes() -> Result<Resident, ReleaseError> {
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     {
         let statm = std::fs::read_to_string("/proc/self/statm").map_err(ReleaseError::Statm)?;
-        let pages = linux::shared_pages(&statm).ok_or_else(|| {
+        let (resident, shared) = linux::statm_pages(&statm).ok_or_else(|| {
             ReleaseError::Statm(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("unexpected contents {statm:?}"),
             ))
         })?;
-        Ok(pages.saturating_mul(linux::page_size()))
+        let page = linux::page_size();
+        Ok(Resident {
+            file: shared.saturating_mul(page),
+            anon: resident.saturating_sub(shared).saturating_mul(page),
+        })
     }
     #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
     {
-        Ok(0)
+        Ok(Resident::default())
     }
+}
+
+/// Gives the heap's free memory back to the kernel: glibc's
+/// `malloc_trim(0)`, which unmaps every whole free page inside each of
+/// its arenas, not only at the top of the main heap as `free` does by
+/// itself. A connection's handshake or a round of periodic work allocates
+/// buffers on whichever thread ran it and frees them, and glibc keeps such
+/// pages resident in that thread's arena. Safe to call at any time, from
+/// any thread; does nothing with other C libraries or systems.
+pub fn trim_heap() -> Result<Trimmed, ReleaseError> {
+    let before = resident_bytes()?.anon;
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    let unmapped = linux::malloc_trim();
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    let unmapped = false;
+    let after = resident_bytes()?.anon;
+    Ok(Trimmed {
+        unmapped,
+        anon_bytes: before.saturating_sub(after),
+    })
 }
 
 /// Unmaps every page of this process's read-only, unmodified mappings of
@@ -302,10 +353,28 @@ mod linux {
             .collect()
     }
 
-    /// The resident pages that are mapped files or shared memory: the
-    /// third of `statm`'s counts (size, resident, shared, ...).
-    pub(super) fn shared_pages(statm: &str) -> Option<u64> {
-        statm.split_whitespace().nth(2)?.parse().ok()
+    /// The resident pages, and of them those that are mapped files or
+    /// shared memory: the second and third of `statm`'s counts (size,
+    /// resident, shared, ...).
+    pub(super) fn statm_pages(statm: &str) -> Option<(u64, u64)> {
+        let mut counts = statm.split_whitespace().skip(1);
+        let resident = counts.next()?.parse().ok()?;
+        let shared = counts.next()?.parse().ok()?;
+        Some((resident, shared))
+    }
+
+    /// glibc's `malloc_trim(0)`; true if it gave memory back.
+    pub(super) fn malloc_trim() -> bool {
+        #[cfg(target_env = "gnu")]
+        {
+            // SAFETY: malloc_trim takes each arena's lock itself and only
+            // gives back pages that hold no allocation.
+            unsafe { libc::malloc_trim(0) == 1 }
+        }
+        #[cfg(not(target_env = "gnu"))]
+        {
+            false
+        }
     }
 
     pub(super) fn page_size() -> u64 {
@@ -377,10 +446,14 @@ Locked:                0 kB
 ";
 
         #[test]
-        fn statm_gives_the_shared_count() {
-            assert_eq!(shared_pages("5000 1900 820 3000 0 900 0\n"), Some(820));
-            assert_eq!(shared_pages("5000 1900"), None);
-            assert_eq!(shared_pages("5000 1900 many 3000"), None);
+        fn statm_gives_the_resident_and_shared_counts() {
+            assert_eq!(
+                statm_pages("5000 1900 820 3000 0 900 0\n"),
+                Some((1900, 820))
+            );
+            assert_eq!(statm_pages("5000 1900"), None);
+            assert_eq!(statm_pages("5000 1900 many 3000"), None);
+            assert_eq!(statm_pages("5000 lots 820 3000"), None);
             assert!(page_size() >= 4096);
         }
 
@@ -437,6 +510,24 @@ mod tests {
         assert_eq!(policy, ReleasePolicy::Watching(3 * MIB));
         let mut policy = ReleasePolicy::Watching(u64::MAX);
         assert!(!policy.should_release(start, u64::MAX));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
+    #[test]
+    fn freed_heap_pages_below_live_memory_are_given_back() {
+        // 64 MiB in 4 KiB blocks, written, then a block kept after them so
+        // that `free` cannot shrink the heap from its top by itself.
+        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(16 * 1024);
+        for _ in 0..blocks.capacity() {
+            blocks.push(std::hint::black_box(vec![1u8; 4096]));
+        }
+        let fence = std::hint::black_box(vec![2u8; 4096]);
+        drop(blocks);
+        let trimmed = trim_heap().expect("statm");
+        assert!(trimmed.unmapped, "{trimmed:?}");
+        // Other tests allocate meanwhile; most of the 64 MiB must show.
+        assert!(trimmed.anon_bytes >= 32 * MIB, "{trimmed:?}");
+        assert_eq!(fence[4095], 2);
     }
 
     #[test]
