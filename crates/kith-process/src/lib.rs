@@ -17,7 +17,9 @@
 //! fault, no disk read), and only those. [`keep_releasing_pages`] does it,
 //! and trims the heap, a minute after start, and again within seconds of
 //! any burst of work that leaves half a megabyte or more of such pages
-//! behind (a peer's handshake, a periodic round; see [`ReleasePolicy`]).
+//! behind (a peer's handshake, a periodic round), and at most every ten
+//! minutes while idle running brings back code it runs rarely (see
+//! [`ReleasePolicy`]).
 //! The `kith` binary of the packages is linked with the code an idle
 //! client runs packed together (`scripts/build-ordered`, BENCHMARKS.md
 //! "memory"), so those pages are few.
@@ -64,19 +66,36 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 /// small: a release costs under 20 ms of CPU.
 pub const GROWTH_BYTES: u64 = 512 << 10;
 
+/// The longest the pages an idle process touched since its idle level was
+/// taken stay resident, if they stay under [`GROWTH_BYTES`]: 10 minutes.
+/// In its first minutes a process still runs rounds of start-up work (the
+/// DHT bootstrap retried at 1, 2, 4 … 256 s in a small network), so the
+/// level taken a minute after the first release holds code idle running
+/// then drops; and idle running itself slowly brings back code it runs
+/// rarely. Releasing once more then costs under 20 ms of CPU every 10
+/// minutes and brings the process back to the code it does keep running.
+pub const HOLD_AT_MOST: Duration = Duration::from_secs(600);
+
 /// When to release: fed each reading of the resident mapped-file bytes,
 /// it answers whether the pages should be given back now. After a release
-/// it waits [`SETTLE`], takes the next reading as the idle level, and then
-/// asks for a release as soon as a reading exceeds that level by more than
-/// [`GROWTH_BYTES`]. So pages pulled in by a burst of work are given back
-/// within a [`CHECK_EVERY`] or two of the burst, and an idle process that
-/// stays idle is never disturbed.
+/// it waits [`SETTLE`] and takes the next reading as the idle level. Then
+/// it asks for a release as soon as a reading exceeds that level by more
+/// than [`GROWTH_BYTES`] (so pages pulled in by a burst of work are given
+/// back within a [`CHECK_EVERY`] or two of the burst), or, once
+/// [`HOLD_AT_MOST`] has passed since the release, as soon as a reading is
+/// above the level at all. A process that touches nothing new is never
+/// disturbed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleasePolicy {
     /// Released at this instant; the idle level is not known yet.
     Settling(Instant),
-    /// The idle level, in bytes, taken [`SETTLE`] after the last release.
-    Watching(u64),
+    /// The idle level is known.
+    Watching {
+        /// When the last release was.
+        released: Instant,
+        /// The idle level, in bytes, taken [`SETTLE`] after it.
+        level: u64,
+    },
 }
 
 impl ReleasePolicy {
@@ -90,13 +109,20 @@ impl ReleasePolicy {
     /// [`ReleasePolicy::released`]).
     pub fn should_release(&mut self, now: Instant, file_bytes: u64) -> bool {
         match *self {
-            Self::Settling(at) => {
-                if now.saturating_duration_since(at) >= SETTLE {
-                    *self = Self::Watching(file_bytes);
+            Self::Settling(released) => {
+                if now.saturating_duration_since(released) >= SETTLE {
+                    *self = Self::Watching {
+                        released,
+                        level: file_bytes,
+                    };
                 }
                 false
             }
-            Self::Watching(idle) => file_bytes > idle.saturating_add(GROWTH_BYTES),
+            Self::Watching { released, level } => {
+                file_bytes > level.saturating_add(GROWTH_BYTES)
+                    || (now.saturating_duration_since(released) >= HOLD_AT_MOST
+                        && file_bytes > level)
+            }
         }
     }
 }
@@ -154,12 +180,14 @@ pub fn keep_releasing_pages() {
         .spawn(|| {
             std::thread::sleep(STARTUP);
             loop {
+                let began = Instant::now();
                 match release_file_pages().and_then(|released| Ok((released, trim_heap()?))) {
                     Ok((released, trimmed)) => tracing::debug!(
                         mappings = released.mappings,
                         resident_bytes = released.resident_bytes,
                         heap_unmapped = trimmed.unmapped,
                         heap_bytes = trimmed.anon_bytes,
+                        took_us = began.elapsed().as_micros(),
                         "released the program's pages and free heap memory"
                     ),
                     Err(error) => {
@@ -495,21 +523,50 @@ mod tests {
         assert!(!policy.should_release(start + CHECK_EVERY, 40 * MIB));
         assert_eq!(policy, ReleasePolicy::Settling(start));
         assert!(!policy.should_release(start + SETTLE, 3 * MIB));
-        assert_eq!(policy, ReleasePolicy::Watching(3 * MIB));
+        assert_eq!(
+            policy,
+            ReleasePolicy::Watching {
+                released: start,
+                level: 3 * MIB
+            }
+        );
     }
 
     #[test]
     fn growth_past_the_idle_level_asks_for_a_release() {
         let start = Instant::now();
-        let mut policy = ReleasePolicy::Watching(3 * MIB);
-        assert!(!policy.should_release(start, 3 * MIB + GROWTH_BYTES));
-        assert!(!policy.should_release(start, 2 * MIB), "shrinking is fine");
-        assert!(policy.should_release(start, 3 * MIB + GROWTH_BYTES + 4096));
-        assert!(policy.should_release(start, u64::MAX));
+        let soon = start + SETTLE + CHECK_EVERY;
+        let watching = ReleasePolicy::Watching {
+            released: start,
+            level: 3 * MIB,
+        };
+        let mut policy = watching;
+        assert!(!policy.should_release(soon, 3 * MIB + GROWTH_BYTES));
+        assert!(!policy.should_release(soon, 2 * MIB), "shrinking is fine");
+        assert!(policy.should_release(soon, 3 * MIB + GROWTH_BYTES + 4096));
+        assert!(policy.should_release(soon, u64::MAX));
         // The idle level stays until the caller starts again after releasing.
-        assert_eq!(policy, ReleasePolicy::Watching(3 * MIB));
-        let mut policy = ReleasePolicy::Watching(u64::MAX);
-        assert!(!policy.should_release(start, u64::MAX));
+        assert_eq!(policy, watching);
+        let mut policy = ReleasePolicy::Watching {
+            released: start,
+            level: u64::MAX,
+        };
+        assert!(!policy.should_release(soon, u64::MAX));
+    }
+
+    #[test]
+    fn any_growth_is_released_once_held_long_enough() {
+        let start = Instant::now();
+        let mut policy = ReleasePolicy::Watching {
+            released: start,
+            level: 3 * MIB,
+        };
+        let late = start + HOLD_AT_MOST;
+        assert!(!policy.should_release(late - CHECK_EVERY, 3 * MIB + 4096));
+        assert!(!policy.should_release(late, 3 * MIB), "nothing new touched");
+        assert!(!policy.should_release(late, 2 * MIB));
+        assert!(policy.should_release(late, 3 * MIB + 4096));
+        assert!(policy.should_release(late + HOLD_AT_MOST, 3 * MIB + 4096));
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
