@@ -17,9 +17,9 @@
 //! fault, no disk read), and only those. [`keep_releasing_pages`] does it,
 //! and trims the heap, a minute after start, and again within seconds of
 //! any burst of work that leaves half a megabyte or more of such pages
-//! behind (a peer's handshake, a periodic round), and at most every ten
-//! minutes while idle running brings back code it runs rarely (see
-//! [`ReleasePolicy`]).
+//! behind (a peer's handshake, a periodic round), and, if idle running
+//! brought back anything at all, 2, 4 and 8 minutes after one release and
+//! then every 10 minutes (see [`ReleasePolicy`]).
 //! The `kith` binary of the packages is linked with the code an idle
 //! client runs packed together (`scripts/build-ordered`, BENCHMARKS.md
 //! "memory"), so those pages are few.
@@ -66,14 +66,19 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 /// small: a release costs under 20 ms of CPU.
 pub const GROWTH_BYTES: u64 = 512 << 10;
 
-/// The longest the pages an idle process touched since its idle level was
-/// taken stay resident, if they stay under [`GROWTH_BYTES`]: 10 minutes.
-/// In its first minutes a process still runs rounds of start-up work (the
-/// DHT bootstrap retried at 1, 2, 4 … 256 s in a small network), so the
-/// level taken a minute after the first release holds code idle running
-/// then drops; and idle running itself slowly brings back code it runs
-/// rarely. Releasing once more then costs under 20 ms of CPU every 10
-/// minutes and brings the process back to the code it does keep running.
+/// The longest that pages an idle process touched after its idle level
+/// was taken stay resident, if they stay under [`GROWTH_BYTES`]: 2 minutes
+/// after the first release, doubling with each release up to
+/// [`HOLD_AT_MOST`]. In its first minutes a process still runs rounds of
+/// start-up work (AutoNAT probes, the DHT bootstrap retried at 1, 2, 4 …
+/// 256 s in a small network), so the level taken a minute after the first
+/// release holds code that idle running drops a few minutes later; and
+/// idle running itself slowly brings back code it runs rarely.
+pub const HOLD_FIRST: Duration = Duration::from_secs(120);
+
+/// The longest hold ([`HOLD_FIRST`]) once a process has run a while: 10
+/// minutes, so an idle process releases at most six times an hour for
+/// this, under 20 ms of CPU each.
 pub const HOLD_AT_MOST: Duration = Duration::from_secs(600);
 
 /// When to release: fed each reading of the resident mapped-file bytes,
@@ -81,47 +86,58 @@ pub const HOLD_AT_MOST: Duration = Duration::from_secs(600);
 /// it waits [`SETTLE`] and takes the next reading as the idle level. Then
 /// it asks for a release as soon as a reading exceeds that level by more
 /// than [`GROWTH_BYTES`] (so pages pulled in by a burst of work are given
-/// back within a [`CHECK_EVERY`] or two of the burst), or, once
-/// [`HOLD_AT_MOST`] has passed since the release, as soon as a reading is
-/// above the level at all. A process that touches nothing new is never
-/// disturbed.
+/// back within a [`CHECK_EVERY`] or two of the burst), or, once the hold
+/// ([`HOLD_FIRST`], doubling up to [`HOLD_AT_MOST`]) has passed since the
+/// release, as soon as a reading is above the level at all. A process
+/// that touches nothing new is never disturbed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReleasePolicy {
-    /// Released at this instant; the idle level is not known yet.
-    Settling(Instant),
-    /// The idle level is known.
-    Watching {
-        /// When the last release was.
-        released: Instant,
-        /// The idle level, in bytes, taken [`SETTLE`] after it.
-        level: u64,
-    },
+pub struct ReleasePolicy {
+    /// When the last release was.
+    released: Instant,
+    /// How long pages above the idle level may stay after it.
+    hold: Duration,
+    /// The idle level, in bytes, once [`SETTLE`] has passed.
+    level: Option<u64>,
 }
 
 impl ReleasePolicy {
-    /// The state just after a release at `now`.
-    pub fn released(now: Instant) -> Self {
-        Self::Settling(now)
+    /// The state just after the first release, at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            released: now,
+            hold: HOLD_FIRST,
+            level: None,
+        }
+    }
+
+    /// The caller released again at `now`: the idle level is to be taken
+    /// anew, and the hold doubles.
+    pub fn released(&mut self, now: Instant) {
+        self.released = now;
+        self.hold = self.hold.saturating_mul(2).min(HOLD_AT_MOST);
+        self.level = None;
+    }
+
+    /// The idle level, once taken.
+    pub fn level(&self) -> Option<u64> {
+        self.level
     }
 
     /// Takes a reading of `file_bytes` made at `now`; true when the pages
-    /// should be released (the caller then releases and starts again from
+    /// should be released (the caller then releases and calls
     /// [`ReleasePolicy::released`]).
     pub fn should_release(&mut self, now: Instant, file_bytes: u64) -> bool {
-        match *self {
-            Self::Settling(released) => {
-                if now.saturating_duration_since(released) >= SETTLE {
-                    *self = Self::Watching {
-                        released,
-                        level: file_bytes,
-                    };
+        let since = now.saturating_duration_since(self.released);
+        match self.level {
+            None => {
+                if since >= SETTLE {
+                    self.level = Some(file_bytes);
                 }
                 false
             }
-            Self::Watching { released, level } => {
+            Some(level) => {
                 file_bytes > level.saturating_add(GROWTH_BYTES)
-                    || (now.saturating_duration_since(released) >= HOLD_AT_MOST
-                        && file_bytes > level)
+                    || (since >= self.hold && file_bytes > level)
             }
         }
     }
@@ -169,48 +185,62 @@ pub enum ReleaseError {
 
 /// What a Kith process calls once `main` has set up logging: on a thread
 /// of its own, asleep in between, releases the pages of its program and
-/// libraries ([`release_file_pages`]) after [`STARTUP`], and again
-/// whenever [`ReleasePolicy`] finds they have grown well past their idle
-/// level, logging what it gave back. A process that ends sooner (a
-/// one-off command) loses nothing.
+/// libraries ([`release_file_pages`]) and trims the heap ([`trim_heap`])
+/// after [`STARTUP`], and again whenever [`ReleasePolicy`] finds the pages
+/// grown past their idle level, logging what it gave back. A process that
+/// ends sooner (a one-off command) loses nothing.
 pub fn keep_releasing_pages() {
     let spawned = std::thread::Builder::new()
         .name("kith-release".into())
         .stack_size(64 * 1024)
         .spawn(|| {
             std::thread::sleep(STARTUP);
+            if !release_and_log() {
+                return;
+            }
+            let mut policy = ReleasePolicy::new(Instant::now());
             loop {
-                let began = Instant::now();
-                match release_file_pages().and_then(|released| Ok((released, trim_heap()?))) {
-                    Ok((released, trimmed)) => tracing::debug!(
-                        mappings = released.mappings,
-                        resident_bytes = released.resident_bytes,
-                        heap_unmapped = trimmed.unmapped,
-                        heap_bytes = trimmed.anon_bytes,
-                        took_us = began.elapsed().as_micros(),
-                        "released the program's pages and free heap memory"
-                    ),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot release the program's pages; not trying again");
-                        return;
-                    }
-                }
-                let mut policy = ReleasePolicy::released(Instant::now());
-                loop {
-                    std::thread::sleep(CHECK_EVERY);
-                    match resident_file_bytes() {
-                        Ok(bytes) if policy.should_release(Instant::now(), bytes) => break,
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot read the process's resident memory; not releasing pages again");
+                std::thread::sleep(CHECK_EVERY);
+                match resident_file_bytes() {
+                    Ok(bytes) if policy.should_release(Instant::now(), bytes) => {
+                        if !release_and_log() {
                             return;
                         }
+                        policy.released(Instant::now());
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the process's resident memory; not releasing pages again");
+                        return;
                     }
                 }
             }
         });
     if let Err(error) = spawned {
         tracing::warn!(%error, "could not start the thread that releases the program's pages");
+    }
+}
+
+/// [`release_file_pages`] and [`trim_heap`], logged; false if the pages
+/// cannot be released (then they never will be).
+fn release_and_log() -> bool {
+    let began = Instant::now();
+    match release_file_pages().and_then(|released| Ok((released, trim_heap()?))) {
+        Ok((released, trimmed)) => {
+            tracing::debug!(
+                mappings = released.mappings,
+                resident_bytes = released.resident_bytes,
+                heap_unmapped = trimmed.unmapped,
+                heap_bytes = trimmed.anon_bytes,
+                took_us = began.elapsed().as_micros(),
+                "released the program's pages and free heap memory"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot release the program's pages; not trying again");
+            false
+        }
     }
 }
 
@@ -518,55 +548,58 @@ mod tests {
     #[test]
     fn the_idle_level_is_taken_once_the_process_has_settled() {
         let start = Instant::now();
-        let mut policy = ReleasePolicy::released(start);
+        let mut policy = ReleasePolicy::new(start);
         // Refaults right after a release never trigger one, however large.
         assert!(!policy.should_release(start + CHECK_EVERY, 40 * MIB));
-        assert_eq!(policy, ReleasePolicy::Settling(start));
+        assert_eq!(policy.level(), None);
         assert!(!policy.should_release(start + SETTLE, 3 * MIB));
-        assert_eq!(
-            policy,
-            ReleasePolicy::Watching {
-                released: start,
-                level: 3 * MIB
-            }
-        );
+        assert_eq!(policy.level(), Some(3 * MIB));
+        policy.released(start + SETTLE * 2);
+        assert_eq!(policy.level(), None, "taken anew after each release");
     }
 
     #[test]
     fn growth_past_the_idle_level_asks_for_a_release() {
         let start = Instant::now();
         let soon = start + SETTLE + CHECK_EVERY;
-        let watching = ReleasePolicy::Watching {
-            released: start,
-            level: 3 * MIB,
-        };
-        let mut policy = watching;
+        let mut policy = ReleasePolicy::new(start);
+        assert!(!policy.should_release(start + SETTLE, 3 * MIB));
+        let watching = policy;
         assert!(!policy.should_release(soon, 3 * MIB + GROWTH_BYTES));
         assert!(!policy.should_release(soon, 2 * MIB), "shrinking is fine");
         assert!(policy.should_release(soon, 3 * MIB + GROWTH_BYTES + 4096));
         assert!(policy.should_release(soon, u64::MAX));
-        // The idle level stays until the caller starts again after releasing.
+        // The idle level stays until the caller says it released.
         assert_eq!(policy, watching);
-        let mut policy = ReleasePolicy::Watching {
-            released: start,
-            level: u64::MAX,
-        };
+        let mut policy = ReleasePolicy::new(start);
+        assert!(!policy.should_release(start + SETTLE, u64::MAX));
         assert!(!policy.should_release(soon, u64::MAX));
     }
 
     #[test]
-    fn any_growth_is_released_once_held_long_enough() {
+    fn any_growth_is_released_once_held_long_enough_and_the_hold_doubles() {
         let start = Instant::now();
-        let mut policy = ReleasePolicy::Watching {
-            released: start,
-            level: 3 * MIB,
-        };
-        let late = start + HOLD_AT_MOST;
+        let mut policy = ReleasePolicy::new(start);
+        assert!(!policy.should_release(start + SETTLE, 3 * MIB));
+        let late = start + HOLD_FIRST;
         assert!(!policy.should_release(late - CHECK_EVERY, 3 * MIB + 4096));
         assert!(!policy.should_release(late, 3 * MIB), "nothing new touched");
         assert!(!policy.should_release(late, 2 * MIB));
         assert!(policy.should_release(late, 3 * MIB + 4096));
-        assert!(policy.should_release(late + HOLD_AT_MOST, 3 * MIB + 4096));
+        // Each release doubles the hold, up to HOLD_AT_MOST.
+        let mut at = late;
+        let mut holds = Vec::new();
+        for _ in 0..6 {
+            policy.released(at);
+            assert!(!policy.should_release(at + SETTLE, 3 * MIB));
+            let mut hold = SETTLE;
+            while !policy.should_release(at + hold, 3 * MIB + 4096) {
+                hold += CHECK_EVERY;
+            }
+            holds.push(hold.as_secs());
+            at += hold;
+        }
+        assert_eq!(holds, [240, 480, 600, 600, 600, 600]);
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64"))]
