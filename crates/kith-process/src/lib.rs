@@ -92,7 +92,12 @@ pub const HOLD_AT_MOST: Duration = Duration::from_secs(600);
 /// back within a [`CHECK_EVERY`] of the burst, and in any case once the
 /// hold has passed since the release ([`HOLD_FIRST`], doubling up to
 /// [`HOLD_AT_MOST`]): an idle process releases 1, 3, 7 and 15 minutes
-/// after it starts and then every 10 minutes.
+/// after it starts and then every 10 minutes. A level more than
+/// [`GROWTH_BYTES`] above the one before is taken only at the second try,
+/// after one more release: otherwise a burst of work during the settling
+/// minute (a peer's handshake, or the work a new connection brings, just
+/// after a release) would count as idle and stay resident until the hold
+/// is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReleasePolicy {
     /// When the last release was.
@@ -101,6 +106,11 @@ pub struct ReleasePolicy {
     hold: Duration,
     /// The idle level, in bytes, once [`SETTLE`] has passed.
     level: Option<u64>,
+    /// The idle level taken before the last release.
+    previous: Option<u64>,
+    /// Whether the last release was asked for instead of taking a level
+    /// well above `previous`; the next level is taken whatever it is.
+    retried: bool,
 }
 
 impl ReleasePolicy {
@@ -110,6 +120,8 @@ impl ReleasePolicy {
             released: now,
             hold: HOLD_FIRST,
             level: None,
+            previous: None,
+            retried: false,
         }
     }
 
@@ -118,6 +130,7 @@ impl ReleasePolicy {
     pub fn released(&mut self, now: Instant) {
         self.released = now;
         self.hold = self.hold.saturating_mul(2).min(HOLD_AT_MOST);
+        self.previous = self.level.or(self.previous);
         self.level = None;
     }
 
@@ -133,9 +146,18 @@ impl ReleasePolicy {
         let since = now.saturating_duration_since(self.released);
         match self.level {
             None => {
-                if since >= SETTLE {
-                    self.level = Some(file_bytes);
+                if since < SETTLE {
+                    return false;
                 }
+                let grown = self
+                    .previous
+                    .is_some_and(|previous| file_bytes > previous.saturating_add(GROWTH_BYTES));
+                if grown && !self.retried {
+                    self.retried = true;
+                    return true;
+                }
+                self.retried = false;
+                self.level = Some(file_bytes);
                 false
             }
             Some(level) => file_bytes > level.saturating_add(GROWTH_BYTES) || since >= self.hold,
@@ -574,6 +596,34 @@ mod tests {
         let mut policy = ReleasePolicy::new(start);
         assert!(!policy.should_release(start + SETTLE, u64::MAX));
         assert!(!policy.should_release(soon, u64::MAX));
+    }
+
+    #[test]
+    fn a_level_well_above_the_last_one_is_taken_only_at_the_second_try() {
+        let start = Instant::now();
+        let mut policy = ReleasePolicy::new(start);
+        assert!(!policy.should_release(start + SETTLE, 3 * MIB));
+        let mut at = start + SETTLE * 2;
+        policy.released(at);
+        // A burst in the settling minute: not taken as the level.
+        assert!(policy.should_release(at + SETTLE, 3 * MIB + GROWTH_BYTES + 4096));
+        assert_eq!(policy.level(), None);
+        at += SETTLE;
+        policy.released(at);
+        // Still that high after one more release: it is the idle level now.
+        assert!(!policy.should_release(at + SETTLE, 5 * MIB));
+        assert_eq!(policy.level(), Some(5 * MIB));
+        at += SETTLE * 2;
+        policy.released(at);
+        // A level within GROWTH_BYTES of the last is taken at once.
+        assert!(!policy.should_release(at + SETTLE, 5 * MIB + GROWTH_BYTES));
+        assert_eq!(policy.level(), Some(5 * MIB + GROWTH_BYTES));
+        at += SETTLE * 2;
+        policy.released(at);
+        assert!(
+            policy.should_release(at + SETTLE, 7 * MIB),
+            "retried once more"
+        );
     }
 
     #[test]
