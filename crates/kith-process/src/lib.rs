@@ -92,10 +92,11 @@ pub const HOLD_AT_MOST: Duration = Duration::from_secs(600);
 /// back within a [`CHECK_EVERY`] of the burst, and in any case once the
 /// hold has passed since the release ([`HOLD_FIRST`], doubling up to
 /// [`HOLD_AT_MOST`]): an idle process releases 1, 3, 7 and 15 minutes
-/// after it starts and then every 10 minutes. A level more than
-/// [`GROWTH_BYTES`] above the one before is taken only at the second try,
-/// after one more release: otherwise a burst of work during the settling
-/// minute (a peer's handshake, or the work a new connection brings, just
+/// after it starts and then every 10 minutes. While it settles, a
+/// reading more than [`GROWTH_BYTES`] above the level before is released
+/// at once, and such a level is taken only at the second try, and held
+/// only [`HOLD_FIRST`]: otherwise a burst of work during the settling
+/// minute (a peer's handshake, or a round of the engine's work, just
 /// after a release) would count as idle and stay resident until the hold
 /// is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,15 +147,20 @@ impl ReleasePolicy {
         let since = now.saturating_duration_since(self.released);
         match self.level {
             None => {
-                if since < SETTLE {
-                    return false;
-                }
                 let grown = self
                     .previous
                     .is_some_and(|previous| file_bytes > previous.saturating_add(GROWTH_BYTES));
                 if grown && !self.retried {
                     self.retried = true;
                     return true;
+                }
+                if since < SETTLE {
+                    return false;
+                }
+                if grown {
+                    // Still high after one more release: taken, but only
+                    // for HOLD_FIRST, in case it is a longer burst.
+                    self.hold = HOLD_FIRST;
                 }
                 self.retried = false;
                 self.level = Some(file_bytes);
@@ -605,14 +611,23 @@ mod tests {
         assert!(!policy.should_release(start + SETTLE, 3 * MIB));
         let mut at = start + SETTLE * 2;
         policy.released(at);
-        // A burst in the settling minute: not taken as the level.
-        assert!(policy.should_release(at + SETTLE, 3 * MIB + GROWTH_BYTES + 4096));
+        // A burst in the settling minute: released at once, not taken as
+        // the level.
+        assert!(!policy.should_release(at + CHECK_EVERY, 3 * MIB + GROWTH_BYTES));
+        assert!(policy.should_release(at + CHECK_EVERY * 2, 3 * MIB + GROWTH_BYTES + 4096));
         assert_eq!(policy.level(), None);
-        at += SETTLE;
+        at += CHECK_EVERY * 2;
         policy.released(at);
-        // Still that high after one more release: it is the idle level now.
+        // Still that high after one more release: it is the idle level
+        // now, held only HOLD_FIRST.
+        assert!(!policy.should_release(at + CHECK_EVERY, 5 * MIB));
         assert!(!policy.should_release(at + SETTLE, 5 * MIB));
         assert_eq!(policy.level(), Some(5 * MIB));
+        assert!(!policy.should_release(at + HOLD_FIRST - CHECK_EVERY, 5 * MIB));
+        assert!(policy.should_release(at + HOLD_FIRST, 5 * MIB));
+        at += HOLD_FIRST;
+        policy.released(at);
+        assert!(!policy.should_release(at + SETTLE, 5 * MIB));
         at += SETTLE * 2;
         policy.released(at);
         // A level within GROWTH_BYTES of the last is taken at once.
