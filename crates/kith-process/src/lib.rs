@@ -54,7 +54,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How long after a release the thread waits before it takes the
 /// process's idle level of mapped-file pages: long enough for idle running
 /// (timers, the request-drop poll every minute) to have touched its own
-/// code again, and the shortest time between two releases.
+/// code again, and the shortest time between two releases unless a burst
+/// of work comes meanwhile (see [`ReleasePolicy`]).
 pub const SETTLE: Duration = Duration::from_secs(60);
 
 /// How far the process's resident mapped-file pages may grow past their
