@@ -41,6 +41,9 @@ pub struct ProcessMemory {
     pub file_kb: u64,
     /// Peak RSS since the process started.
     pub peak_kb: u64,
+    /// The largest reading so far, to split the next one without going
+    /// through all of them.
+    largest_kb: Option<f64>,
 }
 
 impl ProcessMemory {
@@ -51,7 +54,8 @@ impl ProcessMemory {
     }
 
     fn record(&mut self, rss_kb: f64, anon_kb: u64, file_kb: u64) {
-        if self.readings.iter().all(|&earlier| rss_kb > earlier) {
+        if self.largest_kb.is_none_or(|largest| rss_kb > largest) {
+            self.largest_kb = Some(rss_kb);
             self.anon_kb = anon_kb;
             self.file_kb = file_kb;
         }
