@@ -48,8 +48,12 @@ pub const STARTUP: Duration = Duration::from_secs(60);
 
 /// How often the release thread reads how much of the process's
 /// resident memory is mapped files (`/proc/self/statm`, a few
-/// microseconds) to decide whether to release again.
-pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// microseconds) to decide whether to release again: about the longest
+/// a burst of work's pages (a new connection's handshake, 1-4 MiB) stay
+/// resident after it. Checked every 10 s, an idle client spent 5 seconds
+/// of an hour over 10 MB, each time just after a connection to or from
+/// its `kithd`; every 2 s, one (BENCHMARKS.md, "memory").
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How long after a release the thread waits before it takes the
 /// process's idle level of mapped-file pages: long enough for idle running
